@@ -1,0 +1,118 @@
+from diffusion.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ControlNetAttachment(_message.Message):
+    __slots__ = ("name", "address", "cond_image", "scale", "guidance_start", "guidance_end")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    COND_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_START_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_END_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    address: str
+    cond_image: _tensor_pb2.TensorRef
+    scale: float
+    guidance_start: float
+    guidance_end: float
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., cond_image: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., scale: _Optional[float] = ..., guidance_start: _Optional[float] = ..., guidance_end: _Optional[float] = ...) -> None: ...
+
+class LoraAttachment(_message.Message):
+    __slots__ = ("name", "scale", "address")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    scale: float
+    address: str
+    def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ..., address: _Optional[str] = ...) -> None: ...
+
+class DenoiseRequest(_message.Message):
+    __slots__ = ("request_id", "model", "prompt_embeds", "negative_prompt_embeds", "width", "height", "num_inference_steps", "guidance_scale", "seed", "strength", "image_moments", "mask", "masked_image_moments", "controlnets", "loras", "peer", "preview_every", "lora_async_steps", "stale_controlnet")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_EMBEDS_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_PROMPT_EMBEDS_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    NUM_INFERENCE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_MOMENTS_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    MASKED_IMAGE_MOMENTS_FIELD_NUMBER: _ClassVar[int]
+    CONTROLNETS_FIELD_NUMBER: _ClassVar[int]
+    LORAS_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_EVERY_FIELD_NUMBER: _ClassVar[int]
+    LORA_ASYNC_STEPS_FIELD_NUMBER: _ClassVar[int]
+    STALE_CONTROLNET_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: str
+    prompt_embeds: _tensor_pb2.TensorRef
+    negative_prompt_embeds: _tensor_pb2.TensorRef
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    strength: float
+    image_moments: _tensor_pb2.TensorRef
+    mask: _tensor_pb2.TensorRef
+    masked_image_moments: _tensor_pb2.TensorRef
+    controlnets: _containers.RepeatedCompositeFieldContainer[ControlNetAttachment]
+    loras: _containers.RepeatedCompositeFieldContainer[LoraAttachment]
+    peer: _tensor_pb2.PeerInfo
+    preview_every: int
+    lora_async_steps: int
+    stale_controlnet: bool
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., negative_prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., mask: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., masked_image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetAttachment, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[LoraAttachment, _Mapping]]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., preview_every: _Optional[int] = ..., lora_async_steps: _Optional[int] = ..., stale_controlnet: _Optional[bool] = ...) -> None: ...
+
+class DenoiseProgress(_message.Message):
+    __slots__ = ("step", "total_steps", "preview_latents")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_LATENTS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    total_steps: int
+    preview_latents: _tensor_pb2.TensorRef
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., preview_latents: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ...) -> None: ...
+
+class DenoiseResult(_message.Message):
+    __slots__ = ("latents", "steps", "queue_ms", "run_ms")
+    LATENTS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    RUN_MS_FIELD_NUMBER: _ClassVar[int]
+    latents: _tensor_pb2.TensorRef
+    steps: int
+    queue_ms: float
+    run_ms: float
+    def __init__(self, latents: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., steps: _Optional[int] = ..., queue_ms: _Optional[float] = ..., run_ms: _Optional[float] = ...) -> None: ...
+
+class DenoiseEvent(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: DenoiseProgress
+    result: DenoiseResult
+    def __init__(self, progress: _Optional[_Union[DenoiseProgress, _Mapping]] = ..., result: _Optional[_Union[DenoiseResult, _Mapping]] = ...) -> None: ...
+
+class DenoiseCancelRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class DenoiseCancelResponse(_message.Message):
+    __slots__ = ("cancelled",)
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    cancelled: bool
+    def __init__(self, cancelled: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,121 @@
+"""The fleet's shared state in Redis: queue depth per model node, replica heartbeats.
+
+Keys (all under the ``dfleet:`` prefix, or the prefix given to :class:`FleetState`):
+
+``{p}depth`` (hash)
+    field ``"{role}:{model}"`` -> tasks waiting plus running for that model node.
+    The gateway increments a node's field when it queues a task for it and
+    decrements it when the task ends, whatever the outcome.
+``{p}replicas:{role}`` (sorted set)
+    member = replica id, score = unix time of its last heartbeat.
+``{p}replica:{replica_id}`` (hash, expires after the heartbeat TTL)
+    ``role``, ``address``, ``host_id``, ``models`` (JSON list), ``loras`` (JSON list),
+    ``load`` (tasks running), ``heartbeat`` (unix time).
+
+A replica counts as alive while its hash exists and its score is younger than
+the TTL. Readers never trust the sorted set alone: a crashed replica's member
+stays until it is pruned.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+DEFAULT_PREFIX = "dfleet:"
+DEFAULT_HEARTBEAT_TTL_S = 10.0
+
+
+def node_name(role: str, model: str) -> str:
+    """The queue-depth field of a model node, e.g. ``denoiser:tiny-sd``."""
+    return f"{role}:{model}"
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    replica_id: str
+    role: str
+    address: str
+    host_id: str
+    models: tuple[str, ...] = ()
+    loras: tuple[str, ...] = ()
+    load: int = 0
+    heartbeat: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class FleetState:
+    """Reads and writes the keys above; one instance per process is enough."""
+
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX,
+                 heartbeat_ttl_s: float = DEFAULT_HEARTBEAT_TTL_S) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.heartbeat_ttl_s = heartbeat_ttl_s
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> "FleetState":
+        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5),
+                   **kwargs)
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    # queue depth
+    def add_depth(self, role: str, model: str, delta: int) -> int:
+        return int(self.redis.hincrby(self.key("depth"), node_name(role, model), delta))
+
+    def depths(self) -> dict[str, int]:
+        raw = self.redis.hgetall(self.key("depth"))
+        return {k.decode(): max(0, int(v)) for k, v in raw.items()}
+
+    # replica heartbeats
+    def heartbeat(self, info: ReplicaInfo, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        mapping = {
+            "role": info.role, "address": info.address, "host_id": info.host_id,
+            "models": json.dumps(list(info.models)), "loras": json.dumps(list(info.loras)),
+            "load": str(info.load), "heartbeat": repr(now), **info.extra,
+        }
+        replica_key = self.key("replica", info.replica_id)
+        pipe = self.redis.pipeline()
+        pipe.hset(replica_key, mapping=mapping)
+        pipe.pexpire(replica_key, int(self.heartbeat_ttl_s * 1000))
+        pipe.zadd(self.key("replicas", info.role), {info.replica_id: now})
+        pipe.execute()
+
+    def deregister(self, role: str, replica_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.delete(self.key("replica", replica_id))
+        pipe.zrem(self.key("replicas", role), replica_id)
+        pipe.execute()
+
+    def replicas(self, role: str, now: float | None = None) -> list[ReplicaInfo]:
+        """Live replicas of a role; prunes members whose heartbeat expired."""
+        now = time.time() if now is None else now
+        zkey = self.key("replicas", role)
+        self.redis.zremrangebyscore(zkey, "-inf", now - self.heartbeat_ttl_s)
+        ids = [m.decode() for m in self.redis.zrange(zkey, 0, -1)]
+        if not ids:
+            return []
+        pipe = self.redis.pipeline()
+        for replica_id in ids:
+            pipe.hgetall(self.key("replica", replica_id))
+        found = []
+        for replica_id, raw in zip(ids, pipe.execute()):
+            if not raw:
+                continue
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+            found.append(ReplicaInfo(
+                replica_id=replica_id, role=fields.pop("role"), address=fields.pop("address"),
+                host_id=fields.pop("host_id", ""),
+                models=tuple(json.loads(fields.pop("models", "[]"))),
+                loras=tuple(json.loads(fields.pop("loras", "[]"))),
+                load=int(fields.pop("load", "0")), heartbeat=float(fields.pop("heartbeat", "0")),
+                extra=fields,
+            ))
+        return found
