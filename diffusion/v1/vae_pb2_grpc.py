@@ -59,7 +59,8 @@ class VaeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Decode(self, request, context):
-        """Decodes latents (already divided by the scaling factor) into images in [-1, 1].
+        """Decodes latents (as the denoiser ends them; the VAE divides by its scaling
+        factor) into images in [-1, 1].
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,42 @@
+PY ?= .venv/bin/python
+MODELS ?= models
+
+.PHONY: setup demo test protos protos-check lint bench bench-serving chart-check down
+
+setup: .venv/.installed
+
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -e '.[dev]'
+	touch $@
+
+$(MODELS)/tree.json: | setup
+	$(PY) -m dfleet tiny-model $(MODELS)
+
+demo: setup $(MODELS)/tree.json
+	$(PY) -m dfleet up --models-dir $(MODELS) --detach
+	$(PY) -m dfleet generate "a tiny red fox" -o out.png --seed 1; rc=$$?; \
+	  $(PY) -m dfleet down; exit $$rc
+
+down:
+	$(PY) -m dfleet down
+
+test: setup
+	$(PY) -m pytest -q
+
+protos: setup
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/diffusion/v1/*.proto
+
+lint: setup
+	$(PY) -m ruff check services controller dfleet loadgen tests bench
+	$(PY) -m mypy services/common controller dfleet
+
+bench: setup
+	$(PY) bench/fleet_overhead.py
+
+bench-serving: setup
+	$(PY) bench/serving.py
+
+chart-check:
+	bash charts/check.sh

@@ -1,0 +1,138 @@
+"""Starts one service process: gRPC server, health, tensor leases, heartbeats, shutdown.
+
+Every role's ``__main__`` parses its settings, builds its engine and servicers,
+and hands them to :func:`serve`; nothing here knows about a particular role.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from diffusion.v1 import tensor_pb2_grpc
+from services.common.errors import ErrorInterceptor
+from services.common.fleet_state import FleetState, ReplicaInfo
+from services.common.settings import ServiceSettings, configure_logging
+from services.common.transport import (TensorExporter, TensorImporter, TensorLeasesServicer,
+                                       host_id)
+
+log = logging.getLogger("dfleet.server")
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+@dataclass
+class ServiceRuntime:
+    """What a role's servicers share with the process around them."""
+
+    role: str
+    settings: ServiceSettings
+    address: str
+    exporter: TensorExporter
+    importer: TensorImporter
+    fleet: FleetState | None
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Heartbeat:
+    """What a role reports in each heartbeat besides its address."""
+
+    models: Callable[[], list[str]] = list
+    loras: Callable[[], list[str]] = list
+    load: Callable[[], int] = lambda: 0
+
+
+def init_process(settings: ServiceSettings, role: str) -> None:
+    configure_logging(settings.log_level)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    torch.set_grad_enabled(False)
+    log.info("starting %s", role, extra={"role": role, "replica_id": settings.replica_id})
+    log.info("settings %s", settings.as_log_dict(), extra={"role": role})
+
+
+def _heartbeat_loop(runtime: ServiceRuntime, beat: Heartbeat) -> None:
+    settings = runtime.settings
+    while not runtime.stopping.wait(settings.heartbeat_s):
+        runtime.exporter.reclaim_expired()
+        if runtime.fleet is None:
+            continue
+        try:
+            runtime.fleet.heartbeat(_replica_info(runtime, beat))
+        except Exception:  # noqa: BLE001 - Redis may be briefly away; next beat retries
+            log.warning("heartbeat failed", exc_info=True, extra={"role": runtime.role})
+
+
+def _replica_info(runtime: ServiceRuntime, beat: Heartbeat) -> ReplicaInfo:
+    return ReplicaInfo(
+        replica_id=runtime.settings.replica_id, role=runtime.role, address=runtime.address,
+        host_id=host_id(), models=tuple(beat.models()), loras=tuple(beat.loras()),
+        load=beat.load())
+
+
+def serve(role: str, settings: ServiceSettings,
+          add_servicers: Callable[[grpc.Server, ServiceRuntime], list[str]],
+          heartbeat: Heartbeat | None = None, max_workers: int = 64) -> None:
+    """Serves until SIGTERM/SIGINT; ``add_servicers`` returns the service names for health."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                         interceptors=[ErrorInterceptor()], options=CHANNEL_OPTIONS)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    advertise = settings.advertise_host or settings.host
+    if advertise in ("0.0.0.0", "::", "[::]"):
+        advertise = socket.gethostname()
+    address = f"{advertise}:{port}"
+    exporter = TensorExporter(address, default_ttl_s=settings.lease_ttl_s,
+                              inline_max_bytes=settings.inline_max_bytes, role=role)
+    fleet = FleetState.from_url(settings.redis_url) if settings.redis_url else None
+    runtime = ServiceRuntime(role, settings, address, exporter, TensorImporter(), fleet)
+    names = add_servicers(server, runtime)
+    tensor_pb2_grpc.add_TensorLeasesServicer_to_server(TensorLeasesServicer(exporter), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.start()
+    for name in ["", *names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    beat = heartbeat or Heartbeat()
+    if fleet is not None:
+        try:
+            fleet.heartbeat(_replica_info(runtime, beat))
+        except Exception:  # noqa: BLE001
+            log.warning("first heartbeat failed", exc_info=True)
+    threading.Thread(target=_heartbeat_loop, args=(runtime, beat), daemon=True,
+                     name="heartbeat").start()
+    if settings.port_file:
+        with open(settings.port_file, "w") as f:
+            f.write(str(port))
+    log.info("serving %s on %s", role, address, extra={"role": role})
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum, extra={"role": role})
+        runtime.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    runtime.stopping.wait()
+    health_servicer.enter_graceful_shutdown()
+    if fleet is not None:
+        try:
+            fleet.deregister(role, settings.replica_id)
+        except Exception:  # noqa: BLE001
+            log.warning("deregister failed", exc_info=True)
+    server.stop(grace=3).wait()
+    runtime.importer.close()
+    exporter.close()
+    log.info("stopped", extra={"role": role})
