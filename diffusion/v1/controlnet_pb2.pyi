@@ -44,13 +44,15 @@ class ControlNetStepRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., open: _Optional[_Union[ControlNetOpen, _Mapping]] = ..., step: _Optional[_Union[ControlNetStep, _Mapping]] = ...) -> None: ...
 
 class ControlNetStepResponse(_message.Message):
-    __slots__ = ("step", "down_residuals", "mid_residual", "compute_ms")
+    __slots__ = ("step", "down_residuals", "mid_residual", "compute_ms", "release_lease_ids")
     STEP_FIELD_NUMBER: _ClassVar[int]
     DOWN_RESIDUALS_FIELD_NUMBER: _ClassVar[int]
     MID_RESIDUAL_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     step: int
     down_residuals: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorRef]
     mid_residual: _tensor_pb2.TensorRef
     compute_ms: float
-    def __init__(self, step: _Optional[int] = ..., down_residuals: _Optional[_Iterable[_Union[_tensor_pb2.TensorRef, _Mapping]]] = ..., mid_residual: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., compute_ms: _Optional[float] = ...) -> None: ...
+    release_lease_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, step: _Optional[int] = ..., down_residuals: _Optional[_Iterable[_Union[_tensor_pb2.TensorRef, _Mapping]]] = ..., mid_residual: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., compute_ms: _Optional[float] = ..., release_lease_ids: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from diffusion.v1 import tensor_pb2 as diffusion_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64iffusion/v1/denoiser.proto\x12\x0c\x64iffusion.v1\x1a\x19\x64iffusion/v1/tensor.proto\"\x9f\x01\n\x14\x43ontrolNetAttachment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\ncond_image\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05scale\x18\x04 \x01(\x02\x12\x16\n\x0eguidance_start\x18\x05 \x01(\x02\x12\x14\n\x0cguidance_end\x18\x06 \x01(\x02\">\n\x0eLoraAttachment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x02\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"\xf5\x04\n\x0e\x44\x65noiseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12.\n\rprompt_embeds\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x16negative_prompt_embeds\x18\x04 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12\x1b\n\x13num_inference_steps\x18\x07 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x08 \x01(\x02\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x10\n\x08strength\x18\n \x01(\x02\x12.\n\rimage_moments\x18\x0b \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12%\n\x04mask\x18\x0c \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x35\n\x14masked_image_moments\x18\r \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x0b\x63ontrolnets\x18\x0e \x03(\x0b\x32\".diffusion.v1.ControlNetAttachment\x12+\n\x05loras\x18\x0f \x03(\x0b\x32\x1c.diffusion.v1.LoraAttachment\x12$\n\x04peer\x18\x10 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\x12\x15\n\rpreview_every\x18\x11 \x01(\r\x12\x18\n\x10lora_async_steps\x18\x12 \x01(\x05\x12\x18\n\x10stale_controlnet\x18\x13 \x01(\x08\"f\n\x0f\x44\x65noiseProgress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12\x30\n\x0fpreview_latents\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\"j\n\rDenoiseResult\x12(\n\x07latents\x18\x01 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x0e\n\x06run_ms\x18\x04 \x01(\x01\"y\n\x0c\x44\x65noiseEvent\x12\x31\n\x08progress\x18\x01 \x01(\x0b\x32\x1d.diffusion.v1.DenoiseProgressH\x00\x12-\n\x06result\x18\x02 \x01(\x0b\x32\x1b.diffusion.v1.DenoiseResultH\x00\x42\x07\n\x05\x65vent\"*\n\x14\x44\x65noiseCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"*\n\x15\x44\x65noiseCancelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x32\xa4\x01\n\x08\x44\x65noiser\x12\x45\n\x07\x44\x65noise\x12\x1c.diffusion.v1.DenoiseRequest\x1a\x1a.diffusion.v1.DenoiseEvent0\x01\x12Q\n\x06\x43\x61ncel\x12\".diffusion.v1.DenoiseCancelRequest\x1a#.diffusion.v1.DenoiseCancelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64iffusion/v1/denoiser.proto\x12\x0c\x64iffusion.v1\x1a\x19\x64iffusion/v1/tensor.proto\"\xc5\x01\n\x14\x43ontrolNetAttachment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\ncond_image\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05scale\x18\x04 \x01(\x02\x12\x16\n\x0eguidance_start\x18\x05 \x01(\x02\x12\x14\n\x0cguidance_end\x18\x06 \x01(\x02\x12$\n\x04peer\x18\x07 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\">\n\x0eLoraAttachment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x02\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"\xf5\x04\n\x0e\x44\x65noiseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12.\n\rprompt_embeds\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x16negative_prompt_embeds\x18\x04 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12\x1b\n\x13num_inference_steps\x18\x07 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x08 \x01(\x02\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x10\n\x08strength\x18\n \x01(\x02\x12.\n\rimage_moments\x18\x0b \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12%\n\x04mask\x18\x0c \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x35\n\x14masked_image_moments\x18\r \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x0b\x63ontrolnets\x18\x0e \x03(\x0b\x32\".diffusion.v1.ControlNetAttachment\x12+\n\x05loras\x18\x0f \x03(\x0b\x32\x1c.diffusion.v1.LoraAttachment\x12$\n\x04peer\x18\x10 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\x12\x15\n\rpreview_every\x18\x11 \x01(\r\x12\x18\n\x10lora_async_steps\x18\x12 \x01(\x05\x12\x18\n\x10stale_controlnet\x18\x13 \x01(\x08\"f\n\x0f\x44\x65noiseProgress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12\x30\n\x0fpreview_latents\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\"j\n\rDenoiseResult\x12(\n\x07latents\x18\x01 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x0e\n\x06run_ms\x18\x04 \x01(\x01\"y\n\x0c\x44\x65noiseEvent\x12\x31\n\x08progress\x18\x01 \x01(\x0b\x32\x1d.diffusion.v1.DenoiseProgressH\x00\x12-\n\x06result\x18\x02 \x01(\x0b\x32\x1b.diffusion.v1.DenoiseResultH\x00\x42\x07\n\x05\x65vent\"*\n\x14\x44\x65noiseCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"*\n\x15\x44\x65noiseCancelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x32\xa4\x01\n\x08\x44\x65noiser\x12\x45\n\x07\x44\x65noise\x12\x1c.diffusion.v1.DenoiseRequest\x1a\x1a.diffusion.v1.DenoiseEvent0\x01\x12Q\n\x06\x43\x61ncel\x12\".diffusion.v1.DenoiseCancelRequest\x1a#.diffusion.v1.DenoiseCancelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'diffusion.v1.denoiser_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CONTROLNETATTACHMENT']._serialized_start=73
-  _globals['_CONTROLNETATTACHMENT']._serialized_end=232
-  _globals['_LORAATTACHMENT']._serialized_start=234
-  _globals['_LORAATTACHMENT']._serialized_end=296
-  _globals['_DENOISEREQUEST']._serialized_start=299
-  _globals['_DENOISEREQUEST']._serialized_end=928
-  _globals['_DENOISEPROGRESS']._serialized_start=930
-  _globals['_DENOISEPROGRESS']._serialized_end=1032
-  _globals['_DENOISERESULT']._serialized_start=1034
-  _globals['_DENOISERESULT']._serialized_end=1140
-  _globals['_DENOISEEVENT']._serialized_start=1142
-  _globals['_DENOISEEVENT']._serialized_end=1263
-  _globals['_DENOISECANCELREQUEST']._serialized_start=1265
-  _globals['_DENOISECANCELREQUEST']._serialized_end=1307
-  _globals['_DENOISECANCELRESPONSE']._serialized_start=1309
-  _globals['_DENOISECANCELRESPONSE']._serialized_end=1351
-  _globals['_DENOISER']._serialized_start=1354
-  _globals['_DENOISER']._serialized_end=1518
+  _globals['_CONTROLNETATTACHMENT']._serialized_end=270
+  _globals['_LORAATTACHMENT']._serialized_start=272
+  _globals['_LORAATTACHMENT']._serialized_end=334
+  _globals['_DENOISEREQUEST']._serialized_start=337
+  _globals['_DENOISEREQUEST']._serialized_end=966
+  _globals['_DENOISEPROGRESS']._serialized_start=968
+  _globals['_DENOISEPROGRESS']._serialized_end=1070
+  _globals['_DENOISERESULT']._serialized_start=1072
+  _globals['_DENOISERESULT']._serialized_end=1178
+  _globals['_DENOISEEVENT']._serialized_start=1180
+  _globals['_DENOISEEVENT']._serialized_end=1301
+  _globals['_DENOISECANCELREQUEST']._serialized_start=1303
+  _globals['_DENOISECANCELREQUEST']._serialized_end=1345
+  _globals['_DENOISECANCELRESPONSE']._serialized_start=1347
+  _globals['_DENOISECANCELRESPONSE']._serialized_end=1389
+  _globals['_DENOISER']._serialized_start=1392
+  _globals['_DENOISER']._serialized_end=1556
 # @@protoc_insertion_point(module_scope)
