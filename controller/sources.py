@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from services.common.fleet_state import FleetState
 
@@ -52,8 +54,11 @@ class QueueDepthSource:
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float = 2.0) -> QueueDepthSource:
+        # One immediate retry covers a pooled connection a Redis restart broke; beyond that
+        # the loop's next tick is the retry, so a tick never sleeps in backoff.
         client = redis.Redis.from_url(url, socket_timeout=timeout_s,
-                                      socket_connect_timeout=timeout_s)
+                                      socket_connect_timeout=timeout_s,
+                                      retry=Retry(NoBackoff(), 1))
         return cls(FleetState(client))
 
     def read(self, roles: Iterable[str]) -> FleetSnapshot:

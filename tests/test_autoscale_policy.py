@@ -9,20 +9,32 @@ including a count someone set outside them; the hold right after start.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable
 
-from controller.policy import (ABOVE_MAX, ACTIVATE, BELOW_MIN, SCALE_DOWN, SCALE_TO_ZERO,
-                               SCALE_UP, WAIT_IDLE_WINDOW, WAIT_UP_WINDOW, PolicyContext,
-                               PolicyState, decide, recommend)
+from controller.policy import (
+    ABOVE_MAX,
+    ACTIVATE,
+    BELOW_MIN,
+    SCALE_DOWN,
+    SCALE_TO_ZERO,
+    SCALE_UP,
+    WAIT_IDLE_WINDOW,
+    WAIT_UP_WINDOW,
+    PolicyContext,
+    PolicyState,
+    decide,
+    recommend,
+)
 from controller.settings import NodeSettings
 
 
 def node(**kw: object) -> NodeSettings:
-    base: dict[str, object] = dict(name="den", role="denoiser", model="tiny", min_replicas=1,
-                                   max_replicas=8, target_depth_per_replica=4, tolerance=0.1,
-                                   up_stabilization_s=5, down_stabilization_s=30,
-                                   idle_to_zero_s=60, activation_threshold=1)
+    base: dict[str, object] = {
+        "name": "den", "role": "denoiser", "model": "tiny", "min_replicas": 1, "max_replicas": 8,
+        "target_depth_per_replica": 4, "tolerance": 0.1, "up_stabilization_s": 5,
+        "down_stabilization_s": 30, "idle_to_zero_s": 60, "activation_threshold": 1}
     base.update(kw)
     return NodeSettings(**base)  # type: ignore[arg-type]
 
@@ -98,7 +110,7 @@ def test_depth_hovering_at_a_boundary_does_not_flap() -> None:
     d = Deployment(node(), replicas=2)
     rng = random.Random(7)
     counts = d.run(300, depth=lambda i: rng.choice([7, 8, 9, 8, 9]))
-    changes = [(a, b) for a, b in zip(counts, counts[1:]) if a != b]
+    changes = [(a, b) for a, b in itertools.pairwise(counts) if a != b]
     assert len(changes) <= 1  # a long run of 9s may earn a third replica, once; never back
 
 
@@ -107,7 +119,7 @@ def test_without_stabilization_the_same_jitter_would_flap() -> None:
     d = Deployment(node(up_stabilization_s=0, down_stabilization_s=0, tolerance=0), replicas=2)
     rng = random.Random(7)
     counts = d.run(300, depth=lambda i: rng.choice([7, 8, 9, 8, 9]))
-    changes = sum(1 for a, b in zip(counts, counts[1:]) if a != b)
+    changes = sum(1 for a, b in itertools.pairwise(counts) if a != b)
     assert changes > 50
 
 
