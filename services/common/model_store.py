@@ -124,6 +124,10 @@ class ModelStore:
     def scheduler_config(self, name: str) -> dict[str, Any]:
         return _read_json(self.pipeline(name).path / "scheduler" / "scheduler_config.json")
 
+    def vae_block_channels(self, name: str) -> list[int]:
+        return list(_read_json(self.pipeline(name).path / "vae" / "config.json")
+                    ["block_out_channels"])
+
     def vae_scaling_factor(self, name: str) -> float:
         return float(_read_json(self.pipeline(name).path / "vae" / "config.json")
                      .get("scaling_factor", 0.18215))

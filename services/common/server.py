@@ -19,6 +19,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from diffusion.v1 import tensor_pb2_grpc
+from services.common.channels import CHANNEL_OPTIONS, ChannelPool
 from services.common.errors import ErrorInterceptor
 from services.common.fleet_state import FleetState, ReplicaInfo
 from services.common.settings import ServiceSettings, configure_logging
@@ -26,12 +27,6 @@ from services.common.transport import (TensorExporter, TensorImporter, TensorLea
                                        host_id)
 
 log = logging.getLogger("dfleet.server")
-
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
 
 
 @dataclass
@@ -44,6 +39,7 @@ class ServiceRuntime:
     exporter: TensorExporter
     importer: TensorImporter
     fleet: FleetState | None
+    channels: ChannelPool = field(default_factory=ChannelPool)
     stopping: threading.Event = field(default_factory=threading.Event)
 
 
@@ -134,5 +130,6 @@ def serve(role: str, settings: ServiceSettings,
             log.warning("deregister failed", exc_info=True)
     server.stop(grace=3).wait()
     runtime.importer.close()
+    runtime.channels.close()
     exporter.close()
     log.info("stopped", extra={"role": role})

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 T = TypeVar("T", bound="ServiceSettings")
 
 
-def _help(text: str, **kwargs: Any) -> Any:
+def setting(text: str, **kwargs: Any) -> Any:
     return field(metadata={"help": text}, **kwargs)
 
 
@@ -27,18 +27,18 @@ def _help(text: str, **kwargs: Any) -> Any:
 class ServiceSettings:
     """What every service process needs."""
 
-    host: str = _help("address to bind", default="127.0.0.1")
-    port: int = _help("port to bind; 0 picks a free one", default=0)
-    advertise_host: str = _help("host other services should dial; default: host", default="")
-    models_dir: str = _help("folder of diffusers-format model folders", default="models")
-    redis_url: str = _help("Redis for heartbeats and queue depth; empty = none", default="")
-    replica_id: str = _help("unique id of this replica; default: random", default="")
-    heartbeat_s: float = _help("seconds between heartbeats", default=2.0)
-    torch_threads: int = _help("torch intra-op threads; 0 = torch default", default=0)
-    inline_max_bytes: int = _help("tensors up to this size travel inline", default=150_000)
-    lease_ttl_s: float = _help("seconds a tensor lease lives unless released", default=120.0)
-    log_level: str = _help("logging level", default="INFO")
-    port_file: str = _help("write the bound port to this file once serving", default="")
+    host: str = setting("address to bind", default="127.0.0.1")
+    port: int = setting("port to bind; 0 picks a free one", default=0)
+    advertise_host: str = setting("host other services should dial; default: host", default="")
+    models_dir: str = setting("folder of diffusers-format model folders", default="models")
+    redis_url: str = setting("Redis for heartbeats and queue depth; empty = none", default="")
+    replica_id: str = setting("unique id of this replica; default: random", default="")
+    heartbeat_s: float = setting("seconds between heartbeats", default=2.0)
+    torch_threads: int = setting("torch intra-op threads; 0 = torch default", default=0)
+    inline_max_bytes: int = setting("tensors up to this size travel inline", default=150_000)
+    lease_ttl_s: float = setting("seconds a tensor lease lives unless released", default=120.0)
+    log_level: str = setting("logging level", default="INFO")
+    port_file: str = setting("write the bound port to this file once serving", default="")
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:

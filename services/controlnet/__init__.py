@@ -1,0 +1,1 @@
+"""ControlNet service: per-step residuals for the denoisers paired with it."""

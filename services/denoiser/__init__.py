@@ -1,0 +1,1 @@
+"""Denoiser service: the step loop of every active request, batched per step."""

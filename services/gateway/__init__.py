@@ -1,0 +1,1 @@
+"""Gateway: the public API, request validation, the workflow graph, placement."""

@@ -1,0 +1,58 @@
+"""python -m services.gateway"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import grpc
+
+from diffusion.v1 import gateway_pb2_grpc
+from services.common.model_store import ModelStore
+from services.common.server import Heartbeat, ServiceRuntime, init_process, serve
+from services.common.settings import parse_settings
+from services.gateway.request_log import RequestLog
+from services.gateway.servicer import GatewayServicer
+from services.gateway.settings import GatewaySettings
+from services.gateway.workflow import WorkflowRunner
+
+ROLE = "gateway"
+log = logging.getLogger("dfleet.gateway")
+
+
+def _recover_loop(servicer: GatewayServicer, requests: RequestLog, runtime: ServiceRuntime,
+                  interval_s: float) -> None:
+    while not runtime.stopping.wait(interval_s):
+        try:
+            assert runtime.fleet is not None
+            live = {r.replica_id for r in runtime.fleet.replicas(ROLE)}
+            for orphan in requests.orphans(live | {runtime.settings.replica_id}):
+                servicer.recover(orphan.request, orphan.stream, orphan.entry_id)
+        except Exception:  # noqa: BLE001 - Redis may be briefly away; next scan retries
+            log.warning("orphan scan failed", exc_info=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_settings(GatewaySettings, ROLE, argv)
+    init_process(settings, ROLE)
+    store = ModelStore(settings.models_dir)
+    holder: dict[str, GatewayServicer] = {}
+
+    def add(server: grpc.Server, runtime: ServiceRuntime) -> list[str]:
+        assert runtime.fleet is not None
+        requests = RequestLog(runtime.fleet, settings.replica_id, settings.result_ttl_s)
+        runner = WorkflowRunner(runtime.fleet, runtime.channels, runtime.exporter,
+                                runtime.importer, settings.inline_max_bytes)
+        servicer = GatewayServicer(settings, store, requests, runner, runtime)
+        holder["servicer"] = servicer
+        gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
+        threading.Thread(target=_recover_loop, daemon=True, name="recover",
+                         args=(servicer, requests, runtime, settings.recover_interval_s)).start()
+        return ["diffusion.v1.Gateway"]
+
+    serve(ROLE, settings, add,
+          Heartbeat(load=lambda: holder["servicer"].inflight() if holder else 0))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Decoding uploaded images and preparing them exactly as the SD pipelines do."""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.image_processor import VaeImageProcessor
+
+from services.common.errors import InvalidArgument
+
+MAX_DECODED_PIXELS = 4096 * 4096
+
+
+def decode(data: bytes, field: str, max_bytes: int) -> PIL.Image.Image:
+    if len(data) > max_bytes:
+        raise InvalidArgument(f"image of {len(data)} bytes is over the limit of {max_bytes}",
+                              field=field)
+    try:
+        image = PIL.Image.open(io.BytesIO(data))
+        if image.width * image.height > MAX_DECODED_PIXELS:
+            raise InvalidArgument(f"image of {image.width}x{image.height} is too large",
+                                  field=field)
+        image.load()
+    except InvalidArgument:
+        raise
+    except Exception as exc:
+        raise InvalidArgument(f"not a readable image: {exc}", field=field) from exc
+    return image
+
+
+@lru_cache(maxsize=8)
+def _processors(vae_scale_factor: int) -> tuple[VaeImageProcessor, VaeImageProcessor,
+                                                VaeImageProcessor]:
+    image = VaeImageProcessor(vae_scale_factor=vae_scale_factor)
+    mask = VaeImageProcessor(vae_scale_factor=vae_scale_factor, do_normalize=False,
+                             do_binarize=True, do_convert_grayscale=True)
+    control = VaeImageProcessor(vae_scale_factor=vae_scale_factor, do_convert_rgb=True,
+                                do_normalize=False)
+    return image, mask, control
+
+
+def init_image(image: PIL.Image.Image, width: int, height: int, vsf: int) -> torch.Tensor:
+    """``[1, 3, H, W]`` in [-1, 1], as image-to-image and inpainting preprocess it."""
+    processed = _processors(vsf)[0].preprocess(image, height=height, width=width)
+    return processed.to(dtype=torch.float32)
+
+
+def mask_condition(mask: PIL.Image.Image, width: int, height: int, vsf: int) -> torch.Tensor:
+    """``[1, 1, H, W]`` binarised, white = repaint."""
+    return _processors(vsf)[1].preprocess(mask, height=height, width=width)
+
+
+def control_image(image: PIL.Image.Image, width: int, height: int, vsf: int) -> torch.Tensor:
+    """``[1, 3, H, W]`` in [0, 1], as the ControlNet pipelines preprocess it."""
+    processed = _processors(vsf)[2].preprocess(image, height=height, width=width)
+    return processed.to(dtype=torch.float32)
+
+
+def to_pixels(decoded: torch.Tensor) -> np.ndarray:
+    """VAE output ``[1, 3, H, W]`` in [-1, 1] -> float32 ``[H, W, 3]`` in [0, 1]."""
+    image = (decoded / 2 + 0.5).clamp(0, 1)
+    return image.cpu().permute(0, 2, 3, 1).float().numpy()[0]
+
+
+def to_png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    PIL.Image.fromarray((pixels * 255).round().astype("uint8")).save(out, format="PNG")
+    return out.getvalue()

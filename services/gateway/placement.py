@@ -1,0 +1,63 @@
+"""Picks a replica per role for a request, from the replicas' heartbeats.
+
+Prefers replicas that already hold the model, then the least loaded, then
+the one on the denoiser's host (so tensors move by shared memory); a
+round-robin counter breaks ties.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from diffusion.v1 import tensor_pb2
+from services.common.errors import Unavailable
+from services.common.fleet_state import FleetState, ReplicaInfo
+
+
+@dataclass(frozen=True)
+class Placement:
+    text_encoder: ReplicaInfo
+    denoiser: ReplicaInfo
+    vae: ReplicaInfo
+    controlnets: tuple[ReplicaInfo, ...]
+    lora_cache: ReplicaInfo | None
+
+    def replicas(self) -> list[ReplicaInfo]:
+        found = [self.text_encoder, self.denoiser, self.vae, *self.controlnets]
+        return found + ([self.lora_cache] if self.lora_cache else [])
+
+
+def peer_of(replica: ReplicaInfo, inline_max_bytes: int = 0) -> tensor_pb2.PeerInfo:
+    return tensor_pb2.PeerInfo(host_id=replica.host_id, inline_max_bytes=inline_max_bytes)
+
+
+class Placer:
+    def __init__(self, fleet: FleetState) -> None:
+        self.fleet = fleet
+        self._tie = itertools.count()
+
+    def _pick(self, role: str, model: str, host: str = "",
+              avoid: frozenset[str] = frozenset()) -> ReplicaInfo:
+        replicas = self.fleet.replicas(role)
+        if not replicas:
+            raise Unavailable(f"no {role} replica is alive")
+        turn = next(self._tie)
+
+        def cost(r: ReplicaInfo) -> tuple[int, int, int, int, int]:
+            order = (hash(r.replica_id) + turn) % 1_000_003
+            return (r.replica_id in avoid, model not in r.models and bool(model), r.load,
+                    bool(host) and r.host_id != host, order)
+        return min(replicas, key=cost)
+
+    def place(self, model: str, controlnets: list[str], with_loras: bool) -> Placement:
+        denoiser = self._pick("denoiser", model)
+        host = denoiser.host_id
+        chosen: list[ReplicaInfo] = []
+        for name in controlnets:
+            chosen.append(self._pick("controlnet", name, host,
+                                     frozenset(r.replica_id for r in chosen)))
+        return Placement(
+            text_encoder=self._pick("text_encoder", model, host), denoiser=denoiser,
+            vae=self._pick("vae", model, host), controlnets=tuple(chosen),
+            lora_cache=self._pick("lora_cache", "", host) if with_loras else None)

@@ -1,0 +1,211 @@
+"""The public Gateway API: validates, records, runs and reports requests."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Callable, Iterator
+
+import grpc
+
+from diffusion.v1 import gateway_pb2, gateway_pb2_grpc, tensor_pb2
+from services.common.errors import FailedPrecondition, FleetError, NotFound, ResourceExhausted
+from services.common.model_store import ModelStore
+from services.common.server import ServiceRuntime
+from services.gateway.request_log import RequestLog
+from services.gateway.settings import GatewaySettings
+from services.gateway.validation import Workflow, validate
+from services.gateway.workflow import Outcome, WorkflowRunner
+
+log = logging.getLogger("dfleet.gateway")
+POLL_S = 0.25
+_DONE = object()
+
+
+class AlreadyExists(FleetError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+def error_info(exc: BaseException) -> gateway_pb2.ErrorInfo:
+    if isinstance(exc, FleetError):
+        return gateway_pb2.ErrorInfo(code=exc.code.value[0], message=exc.message,
+                                     field=exc.field)
+    return gateway_pb2.ErrorInfo(code=grpc.StatusCode.INTERNAL.value[0],
+                                 message=f"internal error: {type(exc).__name__}: {exc}")
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, settings: GatewaySettings, store: ModelStore, requests: RequestLog,
+                 runner: WorkflowRunner, runtime: ServiceRuntime) -> None:
+        self.settings = settings
+        self.store = store
+        self.requests = requests
+        self.runner = runner
+        self.runtime = runtime
+        self._cancel: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def inflight(self) -> int:
+        with self._lock:
+            return len(self._cancel)
+
+    # Generate
+    def Generate(self, request: gateway_pb2.GenerateRequest,
+                 context: grpc.ServicerContext) -> Iterator[gateway_pb2.GenerateEvent]:
+        flow = validate(request, self.store, self.settings)
+        cancel = self._admit(flow.request_id)
+        events: "queue.Queue[object]" = queue.Queue()
+        try:
+            recorded = gateway_pb2.GenerateRequest()
+            recorded.CopyFrom(request)
+            recorded.request_id = flow.request_id
+            entry = self.requests.record(flow.request_id, recorded)
+        except BaseException:
+            self._leave(flow.request_id)
+            raise
+        context.add_callback(cancel.set)
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        events.put(gateway_pb2.GenerateEvent(
+            request_id=flow.request_id, queued=gateway_pb2.Queued(position=self.inflight() - 1)))
+        threading.Thread(target=self._execute, name=f"request-{flow.request_id}", daemon=True,
+                         args=(flow, self.requests.stream, entry, events.put, deadline,
+                               cancel)).start()
+        while True:
+            try:
+                item = events.get(timeout=POLL_S)
+            except queue.Empty:
+                if not context.is_active():
+                    cancel.set()
+                continue
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+
+    def _admit(self, request_id: str) -> threading.Event:
+        with self._lock:
+            if len(self._cancel) >= self.settings.max_inflight:
+                raise ResourceExhausted(
+                    f"{len(self._cancel)} requests in flight, the limit is "
+                    f"{self.settings.max_inflight}; retry later")
+            if request_id in self._cancel:
+                raise AlreadyExists(f"request {request_id!r} is already running",
+                                    field="request_id")
+            event = threading.Event()
+            self._cancel[request_id] = event
+            return event
+
+    def _leave(self, request_id: str) -> None:
+        with self._lock:
+            self._cancel.pop(request_id, None)
+
+    def _execute(self, flow: Workflow, stream: str, entry: str, emit: Callable[[object], None],
+                 deadline: float | None, cancel: threading.Event) -> None:
+        """Runs a recorded request to a terminal state; every outcome is recorded and acked."""
+        rid = flow.request_id
+        fleet = self.requests.fleet
+        nodes = flow.nodes()
+        for role, model in nodes:
+            fleet.add_depth(role, model, 1)
+        started = time.monotonic()
+        try:
+            self.requests.set_state(rid, gateway_pb2.REQUEST_STATE_RUNNING, total=flow.steps)
+
+            def forward(event: gateway_pb2.GenerateEvent) -> None:
+                if event.HasField("progress"):
+                    self.requests.set_state(rid, gateway_pb2.REQUEST_STATE_RUNNING,
+                                            event.progress.step, event.progress.total_steps)
+                emit(event)
+
+            outcome = self.runner.run(flow, forward, deadline, cancel.is_set)
+            self.requests.finish(rid, entry, stream, gateway_pb2.REQUEST_STATE_SUCCEEDED,
+                                 png=outcome.png, metadata=json.dumps(outcome.metadata))
+            emit(gateway_pb2.GenerateEvent(request_id=rid, result=self._result(
+                flow, outcome, (time.monotonic() - started) * 1e3)))
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a terminal state
+            info = error_info(exc)
+            state = (gateway_pb2.REQUEST_STATE_CANCELLED
+                     if info.code == grpc.StatusCode.CANCELLED.value[0]
+                     else gateway_pb2.REQUEST_STATE_FAILED)
+            if not isinstance(exc, FleetError):
+                log.exception("request failed", extra={"request_id": rid})
+            try:
+                self.requests.finish(rid, entry, stream, state, error=info)
+            except Exception:  # noqa: BLE001 - the entry stays pending and is recovered
+                log.exception("could not record the end of a request", extra={"request_id": rid})
+            emit(gateway_pb2.GenerateEvent(request_id=rid, error=info))
+            emit(exc)
+        finally:
+            for role, model in nodes:
+                fleet.add_depth(role, model, -1)
+            self._leave(rid)
+            emit(_DONE)
+
+    def _result(self, flow: Workflow, outcome: Outcome,
+                latency_ms: float) -> gateway_pb2.GenerateResult:
+        result = gateway_pb2.GenerateResult(image=gateway_pb2.ImageInput(data=outcome.png),
+                                            metadata=outcome.metadata, latency_ms=latency_ms)
+        if flow.return_pixels:
+            pixels = outcome.pixels
+            result.pixels.CopyFrom(tensor_pb2.TensorRef(
+                dtype=tensor_pb2.DTYPE_FLOAT32, shape=list(pixels.shape),
+                inline=pixels.astype("float32").tobytes()))
+        return result
+
+    # the other calls
+    def Cancel(self, request: gateway_pb2.CancelRequest,
+               context: grpc.ServicerContext) -> gateway_pb2.CancelResponse:
+        with self._lock:
+            event = self._cancel.get(request.request_id)
+        if event is not None:
+            event.set()
+        return gateway_pb2.CancelResponse(cancelled=event is not None)
+
+    def GetRequest(self, request: gateway_pb2.GetRequestRequest,
+                   context: grpc.ServicerContext) -> gateway_pb2.GetRequestResponse:
+        fields, png = self.requests.status(request.request_id)
+        if not fields:
+            raise NotFound(f"no request {request.request_id!r}", field="request_id")
+        response = gateway_pb2.GetRequestResponse(
+            request_id=request.request_id, state=int(fields["state"]),
+            step=int(fields.get("step", 0)), total_steps=int(fields.get("total", 0)))
+        if "error_code" in fields:
+            response.error.CopyFrom(gateway_pb2.ErrorInfo(
+                code=int(fields["error_code"]), message=fields.get("error_message", ""),
+                field=fields.get("error_field", "")))
+        if png is not None:
+            response.result.image.data = png
+            response.result.metadata.update(json.loads(fields.get("metadata") or "{}"))
+        return response
+
+    def ListModels(self, request: gateway_pb2.ListModelsRequest,
+                   context: grpc.ServicerContext) -> gateway_pb2.ListModelsResponse:
+        return gateway_pb2.ListModelsResponse(models=[
+            gateway_pb2.ModelInfo(name=e.name, kind=e.kind, default_width=e.default_size,
+                                  default_height=e.default_size)
+            for e in self.store.entries()])
+
+    def RegisterTemplate(self, request: gateway_pb2.RegisterTemplateRequest,
+                         context: grpc.ServicerContext) -> gateway_pb2.RegisterTemplateResponse:
+        raise FailedPrecondition("templates for masked edits are not served yet",
+                                 field="template_id")
+
+    def recover(self, request: gateway_pb2.GenerateRequest, stream: str, entry: str) -> None:
+        """Runs an orphaned request (its gateway died) to a terminal state, for GetRequest."""
+        try:
+            flow = validate(request, self.store, self.settings)
+            for role, model in flow.nodes():  # the dead gateway never took its counts back
+                self.requests.fleet.add_depth(role, model, -1)
+            cancel = self._admit(flow.request_id)
+        except FleetError as exc:
+            self.requests.finish(request.request_id, entry, stream,
+                                 gateway_pb2.REQUEST_STATE_FAILED, error=error_info(exc))
+            return
+        log.info("recovering an orphaned request", extra={"request_id": flow.request_id})
+        threading.Thread(target=self._execute, daemon=True, name=f"recover-{flow.request_id}",
+                         args=(flow, stream, entry, lambda _e: None, None, cancel)).start()

@@ -1,0 +1,38 @@
+"""Gateway settings, with the limits every request is checked against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.settings import ServiceSettings, setting
+
+
+@dataclass
+class GatewaySettings(ServiceSettings):
+    """Gateway: validates, records and runs requests across the fleet."""
+
+    max_side: int = setting("largest width or height accepted, pixels", default=2048)
+    max_steps: int = setting("most denoising steps accepted", default=200)
+    max_guidance: float = setting("largest guidance_scale accepted", default=30.0)
+    max_controlnets: int = setting("most ControlNets per request", default=4)
+    max_loras: int = setting("most LoRAs per request", default=4)
+    max_prompt_chars: int = setting("longest prompt accepted, characters", default=4000)
+    max_image_bytes: int = setting("largest encoded input image, bytes", default=32 << 20)
+    max_inflight: int = setting("requests running at once before RESOURCE_EXHAUSTED",
+                                default=256)
+    result_ttl_s: int = setting("seconds results stay readable by GetRequest", default=3600)
+    recover_interval_s: float = setting("seconds between scans for orphaned requests",
+                                        default=10.0)
+    default_steps: int = setting("steps when a request gives none", default=20)
+    default_guidance: float = setting("guidance_scale when a request gives none", default=7.5)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.redis_url:
+            raise ValueError("redis_url is required: the gateway records every request in Redis")
+        if self.max_side < 8 or self.max_steps < 1 or self.max_inflight < 1:
+            raise ValueError(f"max_side={self.max_side}, max_steps={self.max_steps} and "
+                             f"max_inflight={self.max_inflight} must be positive")
+        if not 1 <= self.default_steps <= self.max_steps:
+            raise ValueError(f"default_steps={self.default_steps} must lie in "
+                             f"1..max_steps={self.max_steps}")

@@ -1,0 +1,1 @@
+"""LoRA cache service: LoRA files -> host memory, shared with the node's denoisers."""

@@ -1,0 +1,1 @@
+"""Text encoder service: prompts -> CLIP embeddings."""

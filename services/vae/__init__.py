@@ -1,0 +1,1 @@
+"""VAE service: images -> latent distribution, latents -> images."""

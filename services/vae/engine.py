@@ -1,0 +1,34 @@
+"""VAE encode/decode with the arithmetic of the Stable Diffusion pipelines."""
+
+from __future__ import annotations
+
+import torch
+
+from services.common.errors import InvalidArgument
+from services.common.loaded_models import LoadedModels
+from services.common.model_store import ModelStore
+
+
+class VaeEngine:
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
+        self.models: LoadedModels = LoadedModels(store.load_vae)
+
+    def encode(self, model: str, image: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` in [-1, 1] -> the encoder's moments ``[B, 2C, H/8, W/8]``."""
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise InvalidArgument(f"image must be [B, 3, H, W], got {list(image.shape)}",
+                                  field="image")
+        vae = self.models.get(model)
+        with torch.inference_mode():
+            return vae.encode(image.to(vae.dtype)).latent_dist.parameters.clone()
+
+    def decode(self, model: str, latents: torch.Tensor) -> torch.Tensor:
+        """Final latents ``[B, C, h, w]`` -> images ``[B, 3, 8h, 8w]`` in [-1, 1]."""
+        if latents.dim() != 4:
+            raise InvalidArgument(f"latents must be [B, C, h, w], got {list(latents.shape)}",
+                                  field="latents")
+        vae = self.models.get(model)
+        with torch.inference_mode():
+            scaled = latents.to(vae.dtype) / vae.config.scaling_factor
+            return vae.decode(scaled, return_dict=False)[0].clone()
