@@ -44,6 +44,7 @@ class Active:
     patch: Patch
     loras: dict[str, dict[str, LoraLayer]]
     started: float
+    batch_peak: int = 1
 
     @property
     def job(self) -> DenoiseJob:
@@ -145,6 +146,7 @@ class DenoiserEngine:
         self.batches_run += 1
         offset = 0
         for item in batch:
+            item.batch_peak = max(item.batch_peak, len(batch))
             rows = item.state.rows
             item.state.advance(noise[offset:offset + rows])
             offset += rows
@@ -178,7 +180,7 @@ class DenoiserEngine:
             self._finish(item, FinalEvent(
                 latents=state.latents.clone(), steps=total,
                 queue_ms=(item.started - job.submitted) * 1e3,
-                run_ms=(time.monotonic() - item.started) * 1e3))
+                run_ms=(time.monotonic() - item.started) * 1e3, batch_peak=item.batch_peak))
             return
         preview = None
         if job.preview_every and state.index % job.preview_every == 0:

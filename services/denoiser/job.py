@@ -70,6 +70,7 @@ class FinalEvent:
     steps: int
     queue_ms: float
     run_ms: float
+    batch_peak: int = 1
 
 
 @dataclass(frozen=True)

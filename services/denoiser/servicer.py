@@ -79,7 +79,8 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
             elif isinstance(event, FinalEvent):
                 yield denoiser_pb2.DenoiseEvent(result=denoiser_pb2.DenoiseResult(
                     latents=export(event.latents, request.peer, request_id=job.request_id),
-                    steps=event.steps, queue_ms=event.queue_ms, run_ms=event.run_ms))
+                    steps=event.steps, queue_ms=event.queue_ms, run_ms=event.run_ms,
+                    batch_peak=event.batch_peak))
                 return
             elif isinstance(event, ErrorEvent):
                 raise event.error

@@ -129,6 +129,7 @@ class WorkflowRunner:
             "steps": str(result.steps), "width": str(flow.width), "height": str(flow.height),
             "denoiser": place.denoiser.replica_id,
             "denoise_queue_ms": f"{result.queue_ms:.1f}", "denoise_run_ms": f"{result.run_ms:.1f}",
+            "denoise_batch_peak": str(result.batch_peak),
             "total_ms": f"{(time.monotonic() - started) * 1e3:.1f}"}
         return Outcome(pixels=pixels, png=images.to_png(pixels), metadata=metadata)
 
