@@ -5,7 +5,7 @@ Each call is the whole trip: the producer exports, sends the TensorRef in a unar
 consumer process, which loads it (a copy) and releases the lease by RPC, then answers. Prints a
 table and writes JSON (median and p90 over the repeats, milliseconds).
 
-    python bench/transport_costs.py [--repeats 30] [--out bench/results/transport_costs.json]
+    python bench/transport_costs.py [--repeats 50] [--out bench/results/transport_costs.json]
 """
 
 from __future__ import annotations
@@ -65,19 +65,25 @@ def _consumer(conn: Connection) -> None:
     importer.close()
 
 
-def _time_calls(call, make_ref, repeats: int) -> list[float]:
-    times = []
-    for i in range(repeats + 2):
-        start = time.perf_counter()
-        call(make_ref())
-        if i >= 2:  # the first calls open channels and attach segments
-            times.append((time.perf_counter() - start) * 1e3)
+WARMUP_CALLS = 5  # open channels, create and attach segments, let malloc settle
+
+
+def _time_modes(call, makers: dict, repeats: int) -> dict[str, list[float]]:
+    """Milliseconds per call for each mode, the modes taking turns call by call so that load
+    from other processes on the machine falls on all of them alike."""
+    times: dict[str, list[float]] = {mode: [] for mode in makers}
+    for i in range(repeats + WARMUP_CALLS):
+        for mode, make_ref in makers.items():
+            start = time.perf_counter()
+            call(make_ref())
+            if i >= WARMUP_CALLS:
+                times[mode].append((time.perf_counter() - start) * 1e3)
     return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--out", default="bench/results/transport_costs.json")
     args = parser.parse_args()
 
@@ -116,17 +122,16 @@ def main() -> None:
             "shm new": lambda t=tensor: fresh.export(t, shm_peer),
         }
         row: dict[str, object] = {"size": label, "bytes": nbytes}
-        for mode in MODES:
-            times = _time_calls(call, makers[mode], args.repeats)
+        for mode, times in _time_modes(call, makers, args.repeats).items():
             row[mode] = {
                 "median_ms": statistics.median(times),
                 "p90_ms": statistics.quantiles(times, n=10)[-1],
             }
         rows.append(row)
 
+    channel.close()
     parent.send("stop")
     consumer.join(30)
-    channel.close()
     server.stop(grace=None)
     fresh_server.stop(grace=None)
     reused.close()
@@ -148,6 +153,7 @@ def main() -> None:
         "bench": "transport_costs",
         "unit": "ms per call (export + gRPC call + load + lease release)",
         "repeats": args.repeats,
+        "warmup_calls": WARMUP_CALLS,
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "rows": rows,

@@ -1,11 +1,13 @@
 """Lease lifecycle in one process: release returns the segment to the pool (the next export
 reuses it), unknown ids are a counted no-op, a request's leases end with it, expiry reclaims,
-idle segments beyond the budget are unlinked, close() unlinks everything, the CUDA pool's
+idle segments beyond the budget are unlinked, concurrent exports and releases from several
+threads keep every value and lease straight, close() unlinks everything, the CUDA pool's
 range allocator reuses and coalesces ranges, and metrics register once for many exporters."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -92,6 +94,31 @@ def test_idle_segments_beyond_budget_are_unlinked() -> None:
         assert _segments(exporter) == [refs[2].host_shm.segment]  # most recent kept
     finally:
         exporter.close()
+
+
+def test_concurrent_exports_and_releases(exporter) -> None:
+    importer = TensorImporter()
+    errors: list[str] = []
+
+    def worker(seed: int) -> None:
+        for i in range(100):
+            tensor = torch.full((5_000 + 1_000 * (i % 3),), float(seed * 1000 + i))
+            ref = exporter.export(tensor, PEER, request_id=f"r{seed}")
+            if not torch.equal(importer.load(ref, release=False), tensor):
+                errors.append(f"thread {seed} transfer {i}")
+            if i % 2:
+                exporter.release([ref.lease.lease_id])
+        exporter.release_request(f"r{seed}")
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    importer.close()
+    assert errors == []
+    assert exporter.active_leases() == 0
+    assert _metric("dfleet_transport_active_leases", role="lease-test") == 0
 
 
 def test_close_unlinks_pinned_and_idle_segments() -> None:
