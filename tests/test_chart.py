@@ -161,12 +161,14 @@ def test_gpu_models_request_nvidia_gpus(check: tuple[int, str, Path]) -> None:
 
 
 def test_without_the_controller_deployments_keep_min_replicas(tmp_path: Path) -> None:
-    proc = template(tmp_path, {"controller": {"enabled": False}})
+    proc = template(tmp_path, {"controller": {"enabled": False}, "models": [
+        {"name": "cn", "role": "controlnet", "model": "c", "minReplicas": 0},
+        {"name": "den", "role": "denoiser", "model": "m"}]})
     assert proc.returncode == 0, proc.stderr
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
     deployments = of_kind(docs, "Deployment")
-    assert deployments["dfleet-controlnet"]["spec"]["replicas"] == 0   # its own minReplicas: 0
-    assert deployments["dfleet-denoiser"]["spec"]["replicas"] == 1     # the default
+    assert deployments["dfleet-cn"]["spec"]["replicas"] == 0    # its own minReplicas: 0
+    assert deployments["dfleet-den"]["spec"]["replicas"] == 1   # autoscaling.minReplicas
     assert not of_kind(docs, "Role") and "dfleet-controller" not in deployments
 
 
