@@ -109,20 +109,22 @@ def api(url: str) -> client.ApiClient:
 
 def create_deployment(url: str, name: str, replicas: int) -> None:
     labels = {"app": name}
-    client.AppsV1Api(api(url)).create_namespaced_deployment(NS, {
+    body: Any = {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": NS},
         "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
                  "template": {"metadata": {"labels": labels},
                               "spec": {"containers": [{"name": "svc", "image": "dfleet"}]}}},
-        "status": {"replicas": replicas}})
+        "status": {"replicas": replicas}}
+    client.AppsV1Api(api(url)).create_namespaced_deployment(NS, body)
 
 
 def replicas_of(url: str, name: str) -> int:
-    return int(client.AppsV1Api(api(url)).read_namespaced_deployment_scale(name, NS).spec.replicas)
+    scale: Any = client.AppsV1Api(api(url)).read_namespaced_deployment_scale(name, NS)
+    return int(scale.spec.replicas)
 
 
-def events(url: str) -> list[client.CoreV1Event]:
+def events(url: str) -> list[Any]:
     return list(client.CoreV1Api(api(url)).list_namespaced_event(NS).items)
 
 
