@@ -29,7 +29,7 @@ from typing import IO
 from controller.loop import Controller
 from controller.metrics import ControllerMetrics
 from controller.scaler import Decision, ReplicaCount, ScalerUnavailable
-from controller.settings import ControllerSettings, NodeSettings
+from controller.settings import ControllerSettings, NodeSettings, settings_from_dict
 from controller.sources import QueueDepthSource
 
 log = logging.getLogger("dfleet.controller.local")
@@ -171,6 +171,28 @@ class LocalScaler:
                 replica.process.wait()
             self._close_log(replica)
         self._stopping.clear()
+
+
+# Short windows, so a burst on one machine visibly grows and shrinks the busy node.
+LOCAL_DEFAULTS: dict[str, float] = {
+    "target_depth_per_replica": 2, "tolerance": 0.1, "up_stabilization_s": 2,
+    "down_stabilization_s": 15, "idle_to_zero_s": 30}
+
+
+def default_local_settings(model: str = "tiny-sd", controlnets: Sequence[str] = ("tiny-cn-a",),
+                           max_replicas: int = 3) -> ControllerSettings:
+    """The nodes of ``deploy/controller.local.yaml`` for ``model``: text encoder and VAE
+    (one or two), denoiser and each ControlNet (one to ``max_replicas``). Every node keeps
+    one replica: at zero the gateway refuses requests instead of waiting for a replica."""
+    nodes: list[dict[str, object]] = [
+        {"name": "text-encoder", "role": "text_encoder", "model": model, "max_replicas": 1},
+        {"name": "denoiser", "role": "denoiser", "model": model, "max_replicas": max_replicas},
+        {"name": "vae", "role": "vae", "model": model, "max_replicas": 2},
+    ]
+    nodes += [{"name": f"controlnet-{name}", "role": "controlnet", "model": name,
+               "max_replicas": max_replicas} for name in controlnets]
+    return settings_from_dict({"defaults": {**LOCAL_DEFAULTS, "min_replicas": 1},
+                               "nodes": nodes})
 
 
 class LocalAutoscaler:

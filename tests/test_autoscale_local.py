@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from controller.local_scaler import LocalAutoscaler, LocalScaler
+from controller.local_scaler import LocalAutoscaler, LocalScaler, default_local_settings
 from controller.scaler import Decision
-from controller.settings import NodeSettings, settings_from_dict
+from controller.settings import NodeSettings, load_config, settings_from_dict
 from services.common.fleet_state import FleetState
 
 
@@ -121,6 +121,18 @@ def node(name: str = "svc") -> NodeSettings:
 def decision(n: NodeSettings, current: int, desired: int) -> Decision:
     return Decision(node=n, namespace="", depth=0, current=current, desired=desired,
                     recommendation=desired, reason="test")
+
+
+def test_in_code_defaults_match_the_example_config() -> None:
+    example = load_config(Path(__file__).resolve().parents[1] / "deploy/controller.local.yaml")
+    defaults = default_local_settings(max_replicas=3)
+
+    def shape(n: NodeSettings) -> tuple[object, ...]:
+        return (n.role, n.model, n.min_replicas, n.max_replicas, n.target_depth_per_replica,
+                n.up_stabilization_s, n.down_stabilization_s, n.idle_to_zero_s)
+
+    assert sorted(map(shape, defaults.nodes)) == sorted(map(shape, example.nodes))
+    assert {n.name for n in defaults.nodes} == {n.name for n in example.nodes}
 
 
 def test_default_command_template_runs_the_role_module() -> None:
