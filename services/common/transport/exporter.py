@@ -29,8 +29,13 @@ _reaped_once = threading.Event()
 class TensorExporter:
     """Owns this process's shared-memory segments and CUDA pools and the leases on them.
 
-    ``inline_max_bytes``: tensors at most this large go inline even to a peer on the same host
-    (unless the peer names its own threshold); 1 means "share every non-empty tensor".
+    Payload per peer: another host (or no peer) -> inline; same host -> host_shm for tensors
+    larger than the threshold, inline otherwise; a CUDA tensor for a peer on the same GPU ->
+    cuda_ipc whatever its size. A kind that cannot be used falls back to the next one and is
+    counted in ``dfleet_transport_fallbacks_total``.
+
+    ``inline_max_bytes``: the threshold, unless the peer names its own; 1 means "share every
+    non-empty tensor".
     Thread-safe: engines export while the TensorLeases servicer releases.
     """
 
