@@ -1,0 +1,71 @@
+"""What a model tree holds, read from config files only (the server process loads no weights).
+
+Tree layout (as written by ``services.common.tiny_model``)::
+
+    ROOT/<model>/model_index.json          a diffusers pipeline folder, base or inpainting
+    ROOT/controlnets/<name>/config.json
+    ROOT/loras/<name>.safetensors
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+INPAINT_CHANNELS = 9
+
+
+@dataclass(frozen=True)
+class PipelineModel:
+    """A pipeline folder: ``kind`` is ``base`` or ``inpainting``."""
+
+    name: str
+    path: Path
+    kind: str
+    default_size: int
+
+
+@dataclass(frozen=True)
+class ModelCatalog:
+    root: Path
+    models: dict[str, PipelineModel] = field(default_factory=dict)
+    controlnets: dict[str, Path] = field(default_factory=dict)
+    loras: dict[str, Path] = field(default_factory=dict)
+
+    def default_model(self) -> str:
+        """The first base model by name, for requests that name none."""
+        bases = sorted(n for n, m in self.models.items() if m.kind == "base")
+        return bases[0] if bases else ""
+
+    def inpainting_for(self, name: str) -> str:
+        """The inpainting model of base model ``name``: itself, or its ``-inpainting`` sibling."""
+        model = self.models[name]
+        if model.kind == "inpainting":
+            return name
+        sibling = f"{name}-inpainting"
+        return sibling if sibling in self.models else name
+
+
+def _pipeline_model(path: Path) -> PipelineModel:
+    unet = json.loads((path / "unet" / "config.json").read_text())
+    vae = json.loads((path / "vae" / "config.json").read_text())
+    scale = 2 ** (len(vae["block_out_channels"]) - 1)
+    sample = unet["sample_size"]
+    sample = sample[0] if isinstance(sample, list) else sample
+    kind = "inpainting" if unet["in_channels"] == INPAINT_CHANNELS else "base"
+    return PipelineModel(name=path.name, path=path, kind=kind, default_size=int(sample) * scale)
+
+
+def scan_catalog(root: str | Path) -> ModelCatalog:
+    """Reads the tree under ``root``; raises FileNotFoundError when it holds no pipeline."""
+    root = Path(root)
+    models = {p.name: _pipeline_model(p) for p in sorted(root.iterdir())
+              if (p / "model_index.json").is_file()}
+    if not models:
+        raise FileNotFoundError(f"no diffusers pipeline folder under {root}")
+    cn_dir, lora_dir = root / "controlnets", root / "loras"
+    controlnets = {p.name: p for p in sorted(cn_dir.iterdir())
+                   if (p / "config.json").is_file()} if cn_dir.is_dir() else {}
+    loras = {p.stem: p for p in sorted(lora_dir.glob("*.safetensors"))} if lora_dir.is_dir() else {}
+    return ModelCatalog(root=root, models=models, controlnets=controlnets, loras=loras)
