@@ -133,7 +133,6 @@ def _save_lora(path: Path, unet, rank: int, targets: list[str], seed: int) -> No
     import copy
 
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
 
     torch.manual_seed(seed)
@@ -141,9 +140,11 @@ def _save_lora(path: Path, unet, rank: int, targets: list[str], seed: int) -> No
     config = LoraConfig(r=rank, lora_alpha=rank * 2, init_lora_weights=False,
                         target_modules=targets)
     model.add_adapter(config)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
-    # Random LoRAs on random weights barely move the image; make the effect plain to see.
-    layers = {k: v * 2.0 for k, v in layers.items()}
+    # peft-style keys throughout: converting would rename the linear layers' keys only and
+    # leave a file of mixed styles, of which loaders then read one half.
+    layers = get_peft_model_state_dict(model)
+    # Scaled so the delta stays small next to the weights, as a trained LoRA's does.
+    layers = {k: v * 0.5 for k, v in layers.items()}
     StableDiffusionPipeline.save_lora_weights(
         path.parent, unet_lora_layers=layers, weight_name=path.name, safe_serialization=True,
         unet_lora_adapter_metadata=config.to_dict(),

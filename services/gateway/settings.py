@@ -23,6 +23,8 @@ class GatewaySettings(ServiceSettings):
     result_ttl_s: int = setting("seconds results stay readable by GetRequest", default=3600)
     recover_interval_s: float = setting("seconds between scans for orphaned requests",
                                         default=10.0)
+    default_model: str = setting("model for requests that name none; empty = the first base "
+                                 "model of the models folder", default="")
     default_steps: int = setting("steps when a request gives none", default=20)
     default_guidance: float = setting("guidance_scale when a request gives none", default=7.5)
 

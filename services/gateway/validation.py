@@ -91,14 +91,20 @@ def _size(value: int, default: int, name: str, limits: GatewaySettings, vsf: int
     return size
 
 
+def _first_base_model(store: ModelStore) -> str:
+    bases = sorted(e.name for e in store.entries("base"))
+    if not bases:
+        raise InvalidArgument("no model given and the fleet has no base model", field="model")
+    return bases[0]
+
+
 def validate(req: gateway_pb2.GenerateRequest, store: ModelStore,
              limits: GatewaySettings) -> Workflow:
     request_id = req.request_id or uuid.uuid4().hex
     if not REQUEST_ID.fullmatch(request_id):
         raise InvalidArgument("use 1-128 characters of [A-Za-z0-9._:-]", field="request_id")
-    if not req.model:
-        raise InvalidArgument("a model is required", field="model")
-    entry = store.pipeline(req.model)
+    model = req.model or limits.default_model or _first_base_model(store)
+    entry = store.pipeline(model)
     if req.template_id:
         raise FailedPrecondition("masked edits of templates are not served yet",
                                  field="template_id")
@@ -112,7 +118,7 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore,
     for name in ("prompt", "negative_prompt"):
         if len(getattr(req, name)) > limits.max_prompt_chars:
             raise InvalidArgument(f"longer than {limits.max_prompt_chars} characters", field=name)
-    vsf = 2 ** (len(store.vae_block_channels(req.model)) - 1)
+    vsf = 2 ** (len(store.vae_block_channels(model)) - 1)
     image = mask = None
     if req.HasField("image"):
         image = images.decode(req.image.data, "image", limits.max_image_bytes)
@@ -124,10 +130,10 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore,
             raise InvalidArgument(f"mask is {mask.size[0]}x{mask.size[1]} but the image is "
                                   f"{image.size[0]}x{image.size[1]}", field="mask")
     if entry.kind == "inpainting" and mask is None:
-        raise InvalidArgument(f"model {req.model!r} is an inpainting model: give image and mask",
+        raise InvalidArgument(f"model {model!r} is an inpainting model: give image and mask",
                               field="mask")
     if mask is not None and entry.kind != "inpainting":
-        raise InvalidArgument(f"model {req.model!r} cannot inpaint; use an inpainting model",
+        raise InvalidArgument(f"model {model!r} cannot inpaint; use an inpainting model",
                               field="model")
     default_w = (image.size[0] // vsf * vsf) if image is not None else entry.default_size
     default_h = (image.size[1] // vsf * vsf) if image is not None else entry.default_size
@@ -144,7 +150,7 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore,
     strength = req.strength or (1.0 if mask is not None else 0.8)
     _in_range(strength, 1e-6, 1.0, "strength")
     flow = Workflow(
-        request_id=request_id, model=req.model, prompt=req.prompt,
+        request_id=request_id, model=model, prompt=req.prompt,
         negative_prompt=req.negative_prompt, width=width, height=height, steps=steps,
         guidance_scale=guidance, seed=req.seed, strength=strength, preview=req.preview,
         return_pixels=req.return_pixels)

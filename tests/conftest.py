@@ -1,0 +1,30 @@
+"""Shared fixtures: the tiny model tree and a local fleet of real service processes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seeded tiny model tree, written once per test session."""
+    from services.common.tiny_model import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("models"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def fleet(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Redis plus one process per role; every tensor between services goes by shared memory."""
+    from dfleet.local_fleet import LocalFleet
+
+    local = LocalFleet(str(tiny_models), state_dir=str(tmp_path_factory.mktemp("fleet")),
+                       env={"DFLEET_INLINE_MAX_BYTES": "1", "OMP_WAIT_POLICY": "PASSIVE"})
+    with local:
+        yield local
