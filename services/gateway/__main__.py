@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         assert runtime.fleet is not None
         requests = RequestLog(runtime.fleet, settings.replica_id, settings.result_ttl_s)
         runner = WorkflowRunner(runtime.fleet, runtime.channels, runtime.exporter,
-                                runtime.importer, settings.inline_max_bytes)
+                                runtime.importer, settings.inline_max_bytes,
+                                settings.replica_wait_s)
         servicer = GatewayServicer(settings, store, requests, runner, runtime)
         holder["servicer"] = servicer
         gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)

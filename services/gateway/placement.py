@@ -8,11 +8,14 @@ round-robin counter breaks ties.
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass
 
 from diffusion.v1 import tensor_pb2
 from services.common.errors import Unavailable
 from services.common.fleet_state import FleetState, ReplicaInfo
+
+WAIT_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,20 @@ class Placer:
         self.fleet = fleet
         self._tie = itertools.count()
 
+    def _live(self, role: str, wait_s: float) -> list[ReplicaInfo]:
+        """Live replicas of ``role``; waits up to ``wait_s`` for one to come up."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            replicas = self.fleet.replicas(role)
+            if replicas:
+                return replicas
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"no {role} replica is alive (waited {wait_s:.0f} s)")
+            time.sleep(WAIT_POLL_S)
+
     def _pick(self, role: str, model: str, host: str = "",
-              avoid: frozenset[str] = frozenset()) -> ReplicaInfo:
-        replicas = self.fleet.replicas(role)
-        if not replicas:
-            raise Unavailable(f"no {role} replica is alive")
+              avoid: frozenset[str] = frozenset(), wait_s: float = 0.0) -> ReplicaInfo:
+        replicas = self._live(role, wait_s)
         turn = next(self._tie)
 
         def cost(r: ReplicaInfo) -> tuple[int, int, int, int, int]:
@@ -50,14 +62,17 @@ class Placer:
                     bool(host) and r.host_id != host, order)
         return min(replicas, key=cost)
 
-    def place(self, model: str, controlnets: list[str], with_loras: bool) -> Placement:
-        denoiser = self._pick("denoiser", model)
+    def place(self, model: str, controlnets: list[str], with_loras: bool,
+              wait_s: float = 0.0) -> Placement:
+        """Replicas for one request; a role with none alive is waited for up to ``wait_s``."""
+        denoiser = self._pick("denoiser", model, wait_s=wait_s)
         host = denoiser.host_id
         chosen: list[ReplicaInfo] = []
         for name in controlnets:
             chosen.append(self._pick("controlnet", name, host,
-                                     frozenset(r.replica_id for r in chosen)))
+                                     frozenset(r.replica_id for r in chosen), wait_s))
         return Placement(
-            text_encoder=self._pick("text_encoder", model, host), denoiser=denoiser,
-            vae=self._pick("vae", model, host), controlnets=tuple(chosen),
-            lora_cache=self._pick("lora_cache", "", host) if with_loras else None)
+            text_encoder=self._pick("text_encoder", model, host, wait_s=wait_s),
+            denoiser=denoiser, vae=self._pick("vae", model, host, wait_s=wait_s),
+            controlnets=tuple(chosen),
+            lora_cache=self._pick("lora_cache", "", host, wait_s=wait_s) if with_loras else None)

@@ -15,6 +15,7 @@ from diffusion.v1 import gateway_pb2, gateway_pb2_grpc, tensor_pb2
 from services.common.errors import FailedPrecondition, FleetError, NotFound, ResourceExhausted
 from services.common.model_store import ModelStore
 from services.common.server import ServiceRuntime
+from services.gateway.depth import DepthTracker
 from services.gateway.request_log import RequestLog
 from services.gateway.settings import GatewaySettings
 from services.gateway.validation import Workflow, validate
@@ -108,10 +109,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                  deadline: float | None, cancel: threading.Event) -> None:
         """Runs a recorded request to a terminal state; every outcome is recorded and acked."""
         rid = flow.request_id
-        fleet = self.requests.fleet
-        nodes = flow.nodes()
-        for role, model in nodes:
-            fleet.add_depth(role, model, 1)
+        depth = DepthTracker(self.requests.fleet)
         started = time.monotonic()
         try:
             self.requests.set_state(rid, gateway_pb2.REQUEST_STATE_RUNNING, total=flow.steps)
@@ -122,7 +120,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                                             event.progress.step, event.progress.total_steps)
                 emit(event)
 
-            outcome = self.runner.run(flow, forward, deadline, cancel.is_set)
+            outcome = self.runner.run(flow, forward, deadline, cancel.is_set, depth)
             self.requests.finish(rid, entry, stream, gateway_pb2.REQUEST_STATE_SUCCEEDED,
                                  png=outcome.png, metadata=json.dumps(outcome.metadata))
             emit(gateway_pb2.GenerateEvent(request_id=rid, result=self._result(
@@ -141,8 +139,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             emit(gateway_pb2.GenerateEvent(request_id=rid, error=info))
             emit(exc)
         finally:
-            for role, model in nodes:
-                fleet.add_depth(role, model, -1)
+            depth.close()
             self._leave(rid)
             emit(_DONE)
 
@@ -199,8 +196,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         """Runs an orphaned request (its gateway died) to a terminal state, for GetRequest."""
         try:
             flow = validate(request, self.store, self.settings)
-            for role, model in flow.nodes():  # the dead gateway never took its counts back
-                self.requests.fleet.add_depth(role, model, -1)
             cancel = self._admit(flow.request_id)
         except FleetError as exc:
             self.requests.finish(request.request_id, entry, stream,

@@ -21,6 +21,8 @@ class GatewaySettings(ServiceSettings):
     max_inflight: int = setting("requests running at once before RESOURCE_EXHAUSTED",
                                 default=256)
     result_ttl_s: int = setting("seconds results stay readable by GetRequest", default=3600)
+    replica_wait_s: float = setting("seconds a request waits for a role with no live replica "
+                                    "(scale from zero) before UNAVAILABLE", default=30.0)
     recover_interval_s: float = setting("seconds between scans for orphaned requests",
                                         default=10.0)
     default_model: str = setting("model for requests that name none; empty = the first base "

@@ -70,12 +70,6 @@ class Workflow:
     def do_cfg(self) -> bool:
         return self.guidance_scale > 1.0
 
-    def nodes(self) -> list[tuple[str, str]]:
-        """The (role, model) nodes this request queues on."""
-        nodes = [("text_encoder", self.model), ("denoiser", self.model), ("vae", self.model)]
-        nodes += [("controlnet", c.name) for c in self.controlnets]
-        return nodes
-
 
 def _in_range(value: float, low: float, high: float, name: str) -> None:
     if not (math.isfinite(value) and low <= value <= high):

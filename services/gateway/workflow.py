@@ -24,6 +24,7 @@ from services.common.errors import Cancelled, DeadlineExceeded, from_rpc_error
 from services.common.fleet_state import FleetState
 from services.common.transport import TensorExporter, TensorImporter, local_peer
 from services.gateway import images
+from services.gateway.depth import DepthTracker
 from services.gateway.placement import Placement, Placer, peer_of
 from services.gateway.validation import Workflow
 
@@ -43,23 +44,36 @@ class WorkflowRunner:
     """Stateless across requests; one instance per gateway process."""
 
     def __init__(self, fleet: FleetState, channels: ChannelPool, exporter: TensorExporter,
-                 importer: TensorImporter, inline_max_bytes: int) -> None:
+                 importer: TensorImporter, inline_max_bytes: int,
+                 replica_wait_s: float = 30.0) -> None:
         self.fleet = fleet
         self.placer = Placer(fleet)
         self.channels = channels
         self.exporter = exporter
         self.importer = importer
         self.inline_max_bytes = inline_max_bytes
+        self.replica_wait_s = replica_wait_s
 
     def run(self, flow: Workflow, emit: Emit, deadline: float | None,
-            is_cancelled: Callable[[], bool]) -> Outcome:
+            is_cancelled: Callable[[], bool], depth: DepthTracker) -> Outcome:
         started = time.monotonic()
+        depth.enter("text_encoder", flow.model)
+        depth.enter("denoiser", flow.model)
+        for c in flow.controlnets:
+            depth.enter("controlnet", c.name)
         place = self.placer.place(flow.model, [c.name for c in flow.controlnets],
-                                  bool(flow.loras))
+                                  bool(flow.loras), self._wait_limit(deadline))
         try:
-            return self._run(flow, place, emit, deadline, is_cancelled, started)
+            return self._run(flow, place, emit, deadline, is_cancelled, started, depth)
         finally:
             self._release(flow.request_id, place)
+
+    def _wait_limit(self, deadline: float | None) -> float:
+        """How long placement may wait for a replica to come up (scale from zero)."""
+        limit = self.replica_wait_s
+        if deadline is not None:
+            limit = min(limit, deadline - time.monotonic())
+        return max(0.0, limit)
 
     def _timeout(self, deadline: float | None) -> float | None:
         if deadline is None:
@@ -78,7 +92,7 @@ class WorkflowRunner:
             raise from_rpc_error(err, what) from err
 
     def _run(self, flow: Workflow, place: Placement, emit: Emit, deadline: float | None,
-             is_cancelled: Callable[[], bool], started: float) -> Outcome:
+             is_cancelled: Callable[[], bool], started: float, depth: DepthTracker) -> Outcome:
         rid = flow.request_id
         den_peer = peer_of(place.denoiser, self.inline_max_bytes)
         if place.lora_cache is not None:
@@ -89,6 +103,7 @@ class WorkflowRunner:
         prompts = [flow.prompt] + ([flow.negative_prompt] if flow.do_cfg else [])
         encoded = self._call("text_encoder", te.Encode, text_encoder_pb2.EncodeRequest(
             request_id=rid, model=flow.model, prompts=prompts, peer=den_peer), deadline, rid)
+        depth.leave("text_encoder", flow.model)
         embeds = list(encoded.embeddings)  # type: ignore[attr-defined]
         vae = vae_pb2_grpc.VaeStub(self._channel(place.vae))
         vae_peer = peer_of(place.vae, self.inline_max_bytes)
@@ -96,9 +111,11 @@ class WorkflowRunner:
         def moments(image: torch.Tensor | None) -> tensor_pb2.TensorRef | None:
             if image is None:
                 return None
+            depth.enter("vae", flow.model)
             reply = self._call("vae", vae.Encode, vae_pb2.VaeEncodeRequest(
                 request_id=rid, model=flow.model, peer=den_peer,
                 image=self.exporter.export(image, vae_peer, request_id=rid)), deadline, rid)
+            depth.leave("vae", flow.model)
             return reply.moments  # type: ignore[attr-defined]
 
         request = denoiser_pb2.DenoiseRequest(
@@ -120,9 +137,14 @@ class WorkflowRunner:
                 for lo in flow.loras] if place.lora_cache else [],
             peer=vae_peer, preview_every=1 if flow.preview else 0)
         result = self._denoise(flow, place, request, vae, emit, deadline, is_cancelled)
+        depth.leave("denoiser", flow.model)
+        for c in flow.controlnets:
+            depth.leave("controlnet", c.name)
+        depth.enter("vae", flow.model)
         decoded = self._call("vae", vae.Decode, vae_pb2.VaeDecodeRequest(
             request_id=rid, model=flow.model, latents=result.latents, peer=local_peer()),
             deadline, rid)
+        depth.leave("vae", flow.model)
         pixels = images.to_pixels(self.importer.load(decoded.image))  # type: ignore[attr-defined]
         metadata = {
             "workflow": flow.kind, "model": flow.model, "seed": str(flow.seed),
