@@ -1,7 +1,7 @@
 PY ?= .venv/bin/python
 MODELS ?= models
 
-.PHONY: setup demo test protos protos-check lint bench bench-serving chart-check down
+.PHONY: setup redis demo test protos lint bench bench-serving chart-check down
 
 setup: .venv/.installed
 
@@ -14,7 +14,12 @@ setup: .venv/.installed
 $(MODELS)/tree.json: | setup
 	$(PY) -m dfleet tiny-model $(MODELS)
 
-demo: setup $(MODELS)/tree.json
+redis:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server; \
+	  else echo "install redis-server (Debian: sudo apt-get install redis-server)"; exit 1; fi; }
+
+demo: setup redis $(MODELS)/tree.json
 	$(PY) -m dfleet up --models-dir $(MODELS) --detach
 	$(PY) -m dfleet generate "a tiny red fox" -o out.png --seed 1; rc=$$?; \
 	  $(PY) -m dfleet down; exit $$rc
@@ -22,8 +27,8 @@ demo: setup $(MODELS)/tree.json
 down:
 	$(PY) -m dfleet down
 
-test: setup
-	$(PY) -m pytest -q
+test: setup redis
+	$(PY) -m pytest -q -p no:cacheprovider
 
 protos: setup
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/diffusion/v1/*.proto

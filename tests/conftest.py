@@ -25,6 +25,7 @@ def fleet(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     from dfleet.local_fleet import LocalFleet
 
     local = LocalFleet(str(tiny_models), state_dir=str(tmp_path_factory.mktemp("fleet")),
-                       env={"DFLEET_INLINE_MAX_BYTES": "1", "OMP_WAIT_POLICY": "PASSIVE"})
+                       env={"DFLEET_INLINE_MAX_BYTES": "1", "DFLEET_RECOVER_INTERVAL_S": "1",
+                            "OMP_WAIT_POLICY": "PASSIVE"})
     with local:
         yield local

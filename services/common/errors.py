@@ -73,6 +73,8 @@ def from_rpc_error(err: grpc.RpcError, peer: str) -> FleetError:
 
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, FleetError):
+        if exc.field:
+            context.set_trailing_metadata((("dfleet-field", exc.field),))
         context.abort(exc.code, str(exc))
     log.exception("unhandled error in %s", method)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
