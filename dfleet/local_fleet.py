@@ -57,7 +57,7 @@ def start_redis(log_file: Path) -> tuple[subprocess.Popen, str]:  # type: ignore
                 return proc, url
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited; see {log_file}")
+                raise RuntimeError(f"redis-server exited; see {log_file}") from None
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError("redis-server did not start within 20 s")
@@ -100,7 +100,7 @@ class LocalFleet:
     def gateway_address(self) -> str:
         return next(s.address for s in self.services if s.role == "gateway")
 
-    def start(self) -> "LocalFleet":
+    def start(self) -> LocalFleet:
         state = Path(self.state_dir)
         if not self.redis_url:
             self.redis_process, self.redis_url = start_redis(state / "redis.log")
@@ -172,7 +172,7 @@ class LocalFleet:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.describe(), indent=1))
 
-    def __enter__(self) -> "LocalFleet":
+    def __enter__(self) -> LocalFleet:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

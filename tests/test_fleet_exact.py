@@ -72,6 +72,6 @@ def test_concurrent_workflows_share_a_batch_and_stay_exact(fleet: Any,
              dict(prompt="a ship", seed=63, steps=40, image=INIT, strength=0.9)]
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda s: fleet_image(fleet.gateway_address, s), specs))
-    for spec, (pixels, metadata) in zip(specs, results):
+    for spec, (pixels, metadata) in zip(specs, results, strict=True):
         assert int(metadata["denoise_batch_peak"]) >= 2, metadata
         assert np.abs(pixels - reference(tiny_models, **spec)).max() <= TOLERANCE

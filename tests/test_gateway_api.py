@@ -192,7 +192,7 @@ def test_same_request_id_twice_at_once_is_refused(fleet: Any) -> None:
 
     def first() -> None:
         with dfleet.Client(fleet.gateway_address) as client:
-            for event in client.stream("twice", steps=60, request_id="dup-1"):
+            for _event in client.stream("twice", steps=60, request_id="dup-1"):
                 started.set()
 
     worker = threading.Thread(target=first)

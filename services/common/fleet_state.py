@@ -58,7 +58,7 @@ class FleetState:
         self.heartbeat_ttl_s = heartbeat_ttl_s
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> "FleetState":
+    def from_url(cls, url: str, **kwargs: Any) -> FleetState:
         return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5),
                    **kwargs)
 
@@ -70,13 +70,13 @@ class FleetState:
         return int(self.redis.hincrby(self.key("depth"), node_name(role, model), delta))
 
     def depths(self) -> dict[str, int]:
-        raw = self.redis.hgetall(self.key("depth"))
+        raw: dict[bytes, bytes] = self.redis.hgetall(self.key("depth"))  # type: ignore[assignment]
         return {k.decode(): max(0, int(v)) for k, v in raw.items()}
 
     # replica heartbeats
     def heartbeat(self, info: ReplicaInfo, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        mapping = {
+        mapping: dict[Any, Any] = {
             "role": info.role, "address": info.address, "host_id": info.host_id,
             "models": json.dumps(list(info.models)), "loras": json.dumps(list(info.loras)),
             "load": str(info.load), "heartbeat": repr(now), **info.extra,
@@ -99,14 +99,15 @@ class FleetState:
         now = time.time() if now is None else now
         zkey = self.key("replicas", role)
         self.redis.zremrangebyscore(zkey, "-inf", now - self.heartbeat_ttl_s)
-        ids = [m.decode() for m in self.redis.zrange(zkey, 0, -1)]
+        members: list[bytes] = self.redis.zrange(zkey, 0, -1)  # type: ignore[assignment]
+        ids = [m.decode() for m in members]
         if not ids:
             return []
         pipe = self.redis.pipeline()
         for replica_id in ids:
             pipe.hgetall(self.key("replica", replica_id))
         found = []
-        for replica_id, raw in zip(ids, pipe.execute()):
+        for replica_id, raw in zip(ids, pipe.execute(), strict=True):
             if not raw:
                 continue
             fields = {k.decode(): v.decode() for k, v in raw.items()}

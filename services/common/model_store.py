@@ -51,7 +51,8 @@ class ModelStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FailedPrecondition(f"models folder {self.root} does not exist", field="models_dir")
+            raise FailedPrecondition(f"models folder {self.root} does not exist",
+                                     field="models_dir")
         self._entries = self._scan()
 
     def _scan(self) -> dict[str, ModelEntry]:

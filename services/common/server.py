@@ -10,9 +10,9 @@ import logging
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Callable
 
 import grpc
 import torch
@@ -23,8 +23,7 @@ from services.common.channels import CHANNEL_OPTIONS, ChannelPool
 from services.common.errors import ErrorInterceptor
 from services.common.fleet_state import FleetState, ReplicaInfo
 from services.common.settings import ServiceSettings, configure_logging
-from services.common.transport import (TensorExporter, TensorImporter, TensorLeasesServicer,
-                                       host_id)
+from services.common.transport import TensorExporter, TensorImporter, TensorLeasesServicer, host_id
 
 log = logging.getLogger("dfleet.server")
 

@@ -63,7 +63,10 @@ def _convert(kind: Any, raw: str) -> Any:
 
 
 def parse_settings(cls: type[T], role: str, argv: list[str] | None = None) -> T:
-    """Builds ``cls`` from ``argv`` and ``DFLEET_<FIELD>`` variables; raises SystemExit on bad input."""
+    """Builds ``cls`` from ``argv`` and ``DFLEET_<FIELD>`` variables.
+
+    Bad input raises SystemExit with argparse's message, naming the setting.
+    """
     parser = argparse.ArgumentParser(prog=f"python -m services.{role}",
                                      description=(cls.__doc__ or "").strip())
     for f in dataclasses.fields(cls):

@@ -7,7 +7,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -58,7 +58,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                  context: grpc.ServicerContext) -> Iterator[gateway_pb2.GenerateEvent]:
         flow = validate(request, self.store, self.settings)
         cancel = self._admit(flow.request_id)
-        events: "queue.Queue[object]" = queue.Queue()
+        events: queue.Queue[object] = queue.Queue()
         try:
             recorded = gateway_pb2.GenerateRequest()
             recorded.CopyFrom(request)

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import grpc
 import numpy as np
 import torch
 
-from diffusion.v1 import (denoiser_pb2, denoiser_pb2_grpc, gateway_pb2, lora_cache_pb2,
-                          lora_cache_pb2_grpc, tensor_pb2, tensor_pb2_grpc, text_encoder_pb2,
-                          text_encoder_pb2_grpc, vae_pb2, vae_pb2_grpc)
+from diffusion.v1 import (
+    denoiser_pb2,
+    denoiser_pb2_grpc,
+    gateway_pb2,
+    lora_cache_pb2,
+    lora_cache_pb2_grpc,
+    tensor_pb2,
+    tensor_pb2_grpc,
+    text_encoder_pb2,
+    text_encoder_pb2_grpc,
+    vae_pb2,
+    vae_pb2_grpc,
+)
 from services.common.channels import ChannelPool
 from services.common.errors import Cancelled, DeadlineExceeded, from_rpc_error
 from services.common.fleet_state import FleetState
@@ -131,7 +141,7 @@ class WorkflowRunner:
                 name=c.name, address=r.address, peer=peer_of(r, self.inline_max_bytes),
                 cond_image=self.exporter.export(c.image, den_peer, request_id=rid),
                 scale=c.scale, guidance_start=c.guidance_start, guidance_end=c.guidance_end)
-                for c, r in zip(flow.controlnets, place.controlnets)],
+                for c, r in zip(flow.controlnets, place.controlnets, strict=True)],
             loras=[denoiser_pb2.LoraAttachment(
                 name=lo.name, scale=lo.scale, address=place.lora_cache.address)
                 for lo in flow.loras] if place.lora_cache else [],

@@ -26,7 +26,8 @@ class TextEncoderEngine:
         tokenizer, encoder = self.models.get(model)
         tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
                            truncation=True, return_tensors="pt")
-        mask = tokens.attention_mask if getattr(encoder.config, "use_attention_mask", False) else None
+        use_mask = getattr(encoder.config, "use_attention_mask", False)
+        mask = tokens.attention_mask if use_mask else None
         with torch.inference_mode():
             embeds = encoder(tokens.input_ids, attention_mask=mask)[0]
         return [embeds[i:i + 1].clone() for i in range(len(prompts))]
