@@ -22,7 +22,8 @@ from bench.baseline_worker import WorkerSpec, worker_main
 
 log = logging.getLogger("baseline.pool")
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+QUEUED, RUNNING, SUCCEEDED = "queued", "running", "succeeded"
+FAILED, CANCELLED = "failed", "cancelled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 
 

@@ -124,7 +124,8 @@ def _controlnets(req: gateway_pb2.GenerateRequest,
     return tuple(found)
 
 
-def _loras(req: gateway_pb2.GenerateRequest, catalog: ModelCatalog) -> tuple[tuple[str, float], ...]:
+def _loras(req: gateway_pb2.GenerateRequest,
+           catalog: ModelCatalog) -> tuple[tuple[str, float], ...]:
     seen: list[tuple[str, float]] = []
     for i, lora in enumerate(req.loras):
         if lora.name not in catalog.loras:

@@ -135,7 +135,8 @@ class BaselineGateway(gateway_pb2_grpc.GatewayServicer):
         models = [gateway_pb2.ModelInfo(name=m.name, kind=m.kind, default_width=m.default_size,
                                         default_height=m.default_size)
                   for m in self.catalog.models.values()]
-        models += [gateway_pb2.ModelInfo(name=n, kind="controlnet") for n in self.catalog.controlnets]
+        models += [gateway_pb2.ModelInfo(name=n, kind="controlnet")
+                   for n in self.catalog.controlnets]
         models += [gateway_pb2.ModelInfo(name=n, kind="lora") for n in self.catalog.loras]
         return gateway_pb2.ListModelsResponse(models=models)
 
@@ -151,6 +152,17 @@ class BaselineGateway(gateway_pb2_grpc.GatewayServicer):
         template_id = "tpl-" + hashlib.sha256(request.image.data).hexdigest()[:16]
         self.templates[template_id] = request.image.data
         return gateway_pb2.RegisterTemplateResponse(template_id=template_id, cache_bytes=0)
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": round(record.created, 3), "level": record.levelname,
+                 "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 def _abort(context: grpc.ServicerContext, error: RequestError) -> NoReturn:
@@ -186,7 +198,8 @@ def serve(settings: BaselineSettings, stop: threading.Event) -> None:
 
 def parse_settings(argv: list[str] | None = None) -> BaselineSettings:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", required=True, help="model tree (see services.common.tiny_model)")
+    parser.add_argument("--models-dir", required=True,
+                        help="model tree (see services.common.tiny_model)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
@@ -202,7 +215,9 @@ def parse_settings(argv: list[str] | None = None) -> BaselineSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format='{"level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     settings = parse_settings(argv)
     log.info("settings %s", json.dumps(settings.__dict__))

@@ -56,10 +56,12 @@ class ServingSettings:
     seed: int = 0
     duration_s: float = 15.0  # arrivals per sweep point and per fixed-rate run
     slo_scale: float = 3.0  # SLO = scale x the baseline's latency alone
-    rate_factors: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
-    fixed_factor: float = 0.5  # the fixed rate, as a factor of the capacity estimate
+    # Sweep rates as factors of the capacity estimate; a rate whose attainment falls
+    # under 50% skips the higher ones, so a fine grid costs little past the knee.
+    rate_factors: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0)
+    fixed_factor: float = 0.3  # the fixed rate, as a factor of the capacity estimate
     burst_factors: tuple[float, ...] = (4.0, 8.0)
-    burst_base_factor: float = 0.25  # base rate of the burst runs
+    burst_base_factor: float = 0.2  # base rate of the burst runs
     burst_on_s: float = 2.0
     burst_off_s: float = 6.0
     burst_duration_s: float = 16.0

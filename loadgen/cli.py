@@ -31,7 +31,8 @@ from loadgen.sweep import SweepPoint, format_sweep, run_sweep, sustainable_rate
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loadgen", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="loadgen", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     schedule = sub.add_parser("schedule", help="print the schedule as JSON lines")
     run = sub.add_parser("run", help="send one schedule and report")

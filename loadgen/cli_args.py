@@ -65,7 +65,8 @@ def mix(text: str) -> dict[str, float]:
         try:
             weights[name] = float(weight) if weight else 1.0
         except ValueError:
-            raise argparse.ArgumentTypeError(f"weight {weight!r} of {name} is not a number") from None
+            raise argparse.ArgumentTypeError(
+                f"weight {weight!r} of {name} is not a number") from None
         if not (math.isfinite(weights[name]) and weights[name] >= 0):
             raise argparse.ArgumentTypeError(f"weight of {name} must be >= 0")
     if not weights or sum(weights.values()) <= 0:
@@ -117,7 +118,8 @@ def add_schedule_options(parser: argparse.ArgumentParser) -> None:
                    help=f"weights, e.g. txt2img=3,lora=1 (workflows: {', '.join(WORKFLOWS)})")
     w.add_argument("--slo", type=slos, default={}, help="seconds: 5, or txt2img=2,edit=3")
     w.add_argument("--model", default="tiny-sd")
-    w.add_argument("--edit-model", default="", help="model of edit requests (default: an inpainting model the gateway lists)")
+    w.add_argument("--edit-model", default="",
+                   help="model of edit requests (default: an inpainting model the gateway lists)")
     w.add_argument("--width", type=non_negative_int, default=0, help="0 = model default")
     w.add_argument("--height", type=non_negative_int, default=0)
     w.add_argument("--steps", type=positive_int, default=20)

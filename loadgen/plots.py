@@ -17,7 +17,8 @@ from loadgen.records import OK, RequestRecord
 def in_flight_series(records: list[RequestRecord]) -> tuple[np.ndarray, np.ndarray]:
     """Step series (times, requests sent and not finished) from the records."""
     changes = [(r.send_s, 1) for r in records if r.send_s is not None]
-    changes += [(r.finish_s, -1) for r in records if r.send_s is not None and r.finish_s is not None]
+    changes += [(r.finish_s, -1) for r in records
+                if r.send_s is not None and r.finish_s is not None]
     changes.sort()
     times = np.array([0.0] + [t for t, _ in changes])
     counts = np.cumsum([0] + [d for _, d in changes])
@@ -95,7 +96,8 @@ def plot_sweep(series: dict[str, list[tuple[float, float]]], target: float, path
     plt.close(fig)
 
 
-def write_run_plots(records: list[RequestRecord], depth: list[DepthSample], out: Path) -> list[Path]:
+def write_run_plots(records: list[RequestRecord], depth: list[DepthSample],
+                    out: Path) -> list[Path]:
     """Writes the run's plots into ``out``; the queue depth plot only with samples."""
     written = [out / "latency_cdf.png", out / "timeline.png"]
     plot_latency_cdf(records, written[0])

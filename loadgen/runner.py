@@ -50,7 +50,8 @@ async def _resolve_models(client: dfleet.AsyncClient, work: WorkloadSpec) -> Wor
     try:
         models = await client.models(timeout=10.0)
     except dfleet.FleetError as error:
-        raise GatewayUnreachable(f"no answer from the gateway at {client.address}: {error}") from None
+        raise GatewayUnreachable(
+            f"no answer from the gateway at {client.address}: {error}") from None
     info = next((m for m in models if m.name == work.model), None)
     width = work.width or (info.default_width if info and info.default_width else DEFAULT_SIDE)
     height = work.height or (info.default_height if info and info.default_height else DEFAULT_SIDE)
@@ -114,7 +115,7 @@ async def run_async(schedule: list[ScheduledRequest], work: WorkloadSpec,
                                                      started, stop))
                    if options.redis_url else None)
         tasks = []
-        for req, record in zip(schedule, records):
+        for req, record in zip(schedule, records, strict=True):
             delay = req.at - (time.monotonic() - started)
             while delay > 0:
                 await asyncio.sleep(min(delay, 0.25))

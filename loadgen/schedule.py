@@ -63,7 +63,8 @@ def build_schedule(spec: ScheduleSpec) -> list[ScheduledRequest]:
     """The requests of ``spec`` in send order."""
     spec.check()
     arrival_seq, content_seq = np.random.SeedSequence(spec.seed).spawn(2)
-    times = arrival_times(spec.arrivals, np.random.default_rng(arrival_seq), spec.count, spec.duration)
+    times = arrival_times(spec.arrivals, np.random.default_rng(arrival_seq), spec.count,
+                          spec.duration)
     rng = np.random.default_rng(content_seq)
     work = spec.workload
     names, weights = work.workflow_weights()

@@ -33,7 +33,8 @@ def read_trace(path: str | Path) -> tuple[TraceRow, ...]:
             try:
                 t = float(row["time_s"])
             except (TypeError, ValueError):
-                raise ValueError(f"{path}:{line}: time_s {row['time_s']!r} is not a number") from None
+                raise ValueError(
+                    f"{path}:{line}: time_s {row['time_s']!r} is not a number") from None
             if not math.isfinite(t) or t < 0:
                 raise ValueError(f"{path}:{line}: time_s must be >= 0")
             workflow = (row.get("workflow") or "").strip()
