@@ -117,11 +117,38 @@ def test_cancel_stops_a_running_request(fleet: Any) -> None:
         assert not other.cancel(ids[0])
 
 
-def test_deadline_ends_a_request(fleet: Any) -> None:
+def test_hopeless_deadline_is_refused_at_admission(fleet: Any) -> None:
     with dfleet.Client(fleet.gateway_address) as client:
-        with pytest.raises(dfleet.DeadlineExceeded):
-            client.generate("slow", steps=200, timeout=1.5)
+        with pytest.raises(dfleet.ResourceExhausted) as caught:
+            client.generate("slow", steps=200, timeout=1.0)
+        assert "deadline" in caught.value.message
         assert client.generate("quick", steps=2).image is not None
+
+
+def test_deadline_stops_the_denoiser_mid_run(fleet: Any) -> None:
+    """A node service enforces the deadline it is called with, at a step boundary."""
+    from diffusion.v1 import (denoiser_pb2, denoiser_pb2_grpc, text_encoder_pb2,
+                              text_encoder_pb2_grpc)
+
+    address = {s.role: s.address for s in fleet.services}
+    with grpc.insecure_channel(address["text_encoder"]) as te_channel, \
+            grpc.insecure_channel(address["denoiser"]) as den_channel:
+        embeds = text_encoder_pb2_grpc.TextEncoderStub(te_channel).Encode(
+            text_encoder_pb2.EncodeRequest(request_id="dl-1", model="tiny-sd",
+                                           prompts=["slow", ""]), timeout=30).embeddings
+        call = denoiser_pb2_grpc.DenoiserStub(den_channel).Denoise(
+            denoiser_pb2.DenoiseRequest(
+                request_id="dl-1", model="tiny-sd", prompt_embeds=embeds[0],
+                negative_prompt_embeds=embeds[1], width=64, height=64,
+                num_inference_steps=500, guidance_scale=7.5, seed=1), timeout=1.0)
+        steps = 0
+        with pytest.raises(grpc.RpcError) as caught:
+            for event in call:
+                steps = max(steps, event.progress.step)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert steps < 500
+    with dfleet.Client(fleet.gateway_address) as client:
+        assert client.generate("after", steps=2).image is not None
 
 
 def test_get_request_returns_the_result(fleet: Any) -> None:

@@ -1,8 +1,9 @@
 """Picks a replica per role for a request, from the replicas' heartbeats.
 
-Prefers replicas that already hold the model, then the least loaded, then
-the one on the denoiser's host (so tensors move by shared memory); a
-round-robin counter breaks ties.
+The denoiser is chosen by the cost model (earliest estimated finish); the
+other roles prefer replicas that already hold the model, then the least
+loaded, then the one on the denoiser's host (so tensors move by shared
+memory); a round-robin counter breaks ties.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from diffusion.v1 import tensor_pb2
 from services.common.errors import Unavailable
 from services.common.fleet_state import FleetState, ReplicaInfo
+from services.common.transport import host_id
+from services.gateway.cost_model import CostSettings, Estimate, estimate
 
 WAIT_POLL_S = 0.2
 
@@ -36,8 +39,9 @@ def peer_of(replica: ReplicaInfo, inline_max_bytes: int = 0) -> tensor_pb2.PeerI
 
 
 class Placer:
-    def __init__(self, fleet: FleetState) -> None:
+    def __init__(self, fleet: FleetState, costs: CostSettings | None = None) -> None:
         self.fleet = fleet
+        self.costs = costs or CostSettings()
         self._tie = itertools.count()
 
     def _live(self, role: str, wait_s: float) -> list[ReplicaInfo]:
@@ -62,10 +66,21 @@ class Placer:
                     bool(host) and r.host_id != host, order)
         return min(replicas, key=cost)
 
+    def best_denoiser(self, model: str, steps: int, loras: list[str], payload_bytes: int,
+                      wait_s: float = 0.0) -> Estimate:
+        """The denoiser replica with the earliest estimated finish (the scheduler's choice)."""
+        replicas = self._live("denoiser", wait_s)
+        turn = next(self._tie)
+        estimates = [estimate(r, model=model, steps=steps, loras=loras, gateway_host=host_id(),
+                              payload_bytes=payload_bytes, settings=self.costs)
+                     for r in replicas]
+        return min(estimates, key=lambda e: (round(e.total_ms, 3),
+                                             (hash(e.replica.replica_id) + turn) % 1_000_003))
+
     def place(self, model: str, controlnets: list[str], with_loras: bool,
-              wait_s: float = 0.0) -> Placement:
-        """Replicas for one request; a role with none alive is waited for up to ``wait_s``."""
-        denoiser = self._pick("denoiser", model, wait_s=wait_s)
+              denoiser: ReplicaInfo, wait_s: float = 0.0) -> Placement:
+        """The other replicas of a request, near its denoiser; a role with none alive is
+        waited for up to ``wait_s``."""
         host = denoiser.host_id
         chosen: list[ReplicaInfo] = []
         for name in controlnets:

@@ -30,7 +30,7 @@ from diffusion.v1 import (
     vae_pb2_grpc,
 )
 from services.common.channels import ChannelPool
-from services.common.errors import Cancelled, DeadlineExceeded, from_rpc_error
+from services.common.errors import Cancelled, DeadlineExceeded, ResourceExhausted, from_rpc_error
 from services.common.fleet_state import FleetState
 from services.common.transport import TensorExporter, TensorImporter, local_peer
 from services.gateway import images
@@ -71,8 +71,16 @@ class WorkflowRunner:
         depth.enter("denoiser", flow.model)
         for c in flow.controlnets:
             depth.enter("controlnet", c.name)
+        chosen = self.placer.best_denoiser(
+            flow.model, flow.steps, [lo.name for lo in flow.loras],
+            flow.width * flow.height * 4 * 2, self._wait_limit(deadline))
+        if deadline is not None and chosen.total_ms / 1e3 > deadline - time.monotonic():
+            raise ResourceExhausted(
+                f"cannot finish before the deadline: the best replica needs about "
+                f"{chosen.total_ms / 1e3:.1f} s ({chosen.wait_and_run_ms:.0f} ms queue and run, "
+                f"{chosen.load_ms:.0f} ms loading); retry later or allow more time")
         place = self.placer.place(flow.model, [c.name for c in flow.controlnets],
-                                  bool(flow.loras), self._wait_limit(deadline))
+                                  bool(flow.loras), chosen.replica, self._wait_limit(deadline))
         try:
             return self._run(flow, place, emit, deadline, is_cancelled, started, depth)
         finally:
