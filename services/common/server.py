@@ -49,6 +49,8 @@ class Heartbeat:
     models: Callable[[], list[str]] = list
     loras: Callable[[], list[str]] = list
     load: Callable[[], int] = lambda: 0
+    extra: Callable[[], dict[str, str]] = dict
+    """Role-specific figures for the scheduler, e.g. the denoiser's ``step_ms``."""
 
 
 def init_process(settings: ServiceSettings, role: str) -> None:
@@ -76,7 +78,7 @@ def _replica_info(runtime: ServiceRuntime, beat: Heartbeat) -> ReplicaInfo:
     return ReplicaInfo(
         replica_id=runtime.settings.replica_id, role=runtime.role, address=runtime.address,
         host_id=host_id(), models=tuple(beat.models()), loras=tuple(beat.loras()),
-        load=beat.load())
+        load=beat.load(), extra=beat.extra())
 
 
 def serve(role: str, settings: ServiceSettings,
