@@ -36,7 +36,7 @@ class LoraAttachment(_message.Message):
     def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ..., address: _Optional[str] = ...) -> None: ...
 
 class DenoiseRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt_embeds", "negative_prompt_embeds", "width", "height", "num_inference_steps", "guidance_scale", "seed", "strength", "image_moments", "mask", "masked_image_moments", "controlnets", "loras", "peer", "preview_every", "lora_async_steps", "stale_controlnet")
+    __slots__ = ("request_id", "model", "prompt_embeds", "negative_prompt_embeds", "width", "height", "num_inference_steps", "guidance_scale", "seed", "strength", "image_moments", "mask", "masked_image_moments", "controlnets", "loras", "peer", "preview_every", "lora_async_steps", "stale_controlnet", "cfg_partner")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_EMBEDS_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class DenoiseRequest(_message.Message):
     PREVIEW_EVERY_FIELD_NUMBER: _ClassVar[int]
     LORA_ASYNC_STEPS_FIELD_NUMBER: _ClassVar[int]
     STALE_CONTROLNET_FIELD_NUMBER: _ClassVar[int]
+    CFG_PARTNER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt_embeds: _tensor_pb2.TensorRef
@@ -75,7 +76,16 @@ class DenoiseRequest(_message.Message):
     preview_every: int
     lora_async_steps: int
     stale_controlnet: bool
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., negative_prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., mask: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., masked_image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetAttachment, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[LoraAttachment, _Mapping]]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., preview_every: _Optional[int] = ..., lora_async_steps: _Optional[int] = ..., stale_controlnet: _Optional[bool] = ...) -> None: ...
+    cfg_partner: CfgPartner
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., negative_prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., mask: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., masked_image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetAttachment, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[LoraAttachment, _Mapping]]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., preview_every: _Optional[int] = ..., lora_async_steps: _Optional[int] = ..., stale_controlnet: _Optional[bool] = ..., cfg_partner: _Optional[_Union[CfgPartner, _Mapping]] = ...) -> None: ...
+
+class CfgPartner(_message.Message):
+    __slots__ = ("address", "peer")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    peer: _tensor_pb2.PeerInfo
+    def __init__(self, address: _Optional[str] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ...) -> None: ...
 
 class DenoiseProgress(_message.Message):
     __slots__ = ("step", "total_steps", "preview_latents")
@@ -88,18 +98,20 @@ class DenoiseProgress(_message.Message):
     def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., preview_latents: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ...) -> None: ...
 
 class DenoiseResult(_message.Message):
-    __slots__ = ("latents", "steps", "queue_ms", "run_ms", "batch_peak")
+    __slots__ = ("latents", "steps", "queue_ms", "run_ms", "batch_peak", "lora_joined_step")
     LATENTS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     RUN_MS_FIELD_NUMBER: _ClassVar[int]
     BATCH_PEAK_FIELD_NUMBER: _ClassVar[int]
+    LORA_JOINED_STEP_FIELD_NUMBER: _ClassVar[int]
     latents: _tensor_pb2.TensorRef
     steps: int
     queue_ms: float
     run_ms: float
     batch_peak: int
-    def __init__(self, latents: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., steps: _Optional[int] = ..., queue_ms: _Optional[float] = ..., run_ms: _Optional[float] = ..., batch_peak: _Optional[int] = ...) -> None: ...
+    lora_joined_step: int
+    def __init__(self, latents: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., steps: _Optional[int] = ..., queue_ms: _Optional[float] = ..., run_ms: _Optional[float] = ..., batch_peak: _Optional[int] = ..., lora_joined_step: _Optional[int] = ...) -> None: ...
 
 class DenoiseEvent(_message.Message):
     __slots__ = ("progress", "result")
@@ -120,3 +132,57 @@ class DenoiseCancelResponse(_message.Message):
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
     cancelled: bool
     def __init__(self, cancelled: _Optional[bool] = ...) -> None: ...
+
+class CfgPassOpen(_message.Message):
+    __slots__ = ("model", "prompt_embeds", "controlnets", "loras", "peer", "stale_controlnet", "total_steps")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_EMBEDS_FIELD_NUMBER: _ClassVar[int]
+    CONTROLNETS_FIELD_NUMBER: _ClassVar[int]
+    LORAS_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    STALE_CONTROLNET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    prompt_embeds: _tensor_pb2.TensorRef
+    controlnets: _containers.RepeatedCompositeFieldContainer[ControlNetAttachment]
+    loras: _containers.RepeatedCompositeFieldContainer[LoraAttachment]
+    peer: _tensor_pb2.PeerInfo
+    stale_controlnet: bool
+    total_steps: int
+    def __init__(self, model: _Optional[str] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetAttachment, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[LoraAttachment, _Mapping]]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., stale_controlnet: _Optional[bool] = ..., total_steps: _Optional[int] = ...) -> None: ...
+
+class CfgPassStep(_message.Message):
+    __slots__ = ("step", "sample", "timestep", "controlnet_scales", "with_loras", "release_lease_ids")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTEP_FIELD_NUMBER: _ClassVar[int]
+    CONTROLNET_SCALES_FIELD_NUMBER: _ClassVar[int]
+    WITH_LORAS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    sample: _tensor_pb2.TensorRef
+    timestep: float
+    controlnet_scales: _containers.RepeatedScalarFieldContainer[float]
+    with_loras: bool
+    release_lease_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, step: _Optional[int] = ..., sample: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., timestep: _Optional[float] = ..., controlnet_scales: _Optional[_Iterable[float]] = ..., with_loras: _Optional[bool] = ..., release_lease_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CfgPassRequest(_message.Message):
+    __slots__ = ("request_id", "open", "step")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    open: CfgPassOpen
+    step: CfgPassStep
+    def __init__(self, request_id: _Optional[str] = ..., open: _Optional[_Union[CfgPassOpen, _Mapping]] = ..., step: _Optional[_Union[CfgPassStep, _Mapping]] = ...) -> None: ...
+
+class CfgPassResponse(_message.Message):
+    __slots__ = ("step", "noise_pred", "release_lease_ids")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    NOISE_PRED_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    noise_pred: _tensor_pb2.TensorRef
+    release_lease_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, step: _Optional[int] = ..., noise_pred: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., release_lease_ids: _Optional[_Iterable[str]] = ...) -> None: ...

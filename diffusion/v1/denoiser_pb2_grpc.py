@@ -44,6 +44,11 @@ class DenoiserStub:
                 request_serializer=diffusion_dot_v1_dot_denoiser__pb2.DenoiseCancelRequest.SerializeToString,
                 response_deserializer=diffusion_dot_v1_dot_denoiser__pb2.DenoiseCancelResponse.FromString,
                 _registered_method=True)
+        self.CfgPass = channel.stream_stream(
+                '/diffusion.v1.Denoiser/CfgPass',
+                request_serializer=diffusion_dot_v1_dot_denoiser__pb2.CfgPassRequest.SerializeToString,
+                response_deserializer=diffusion_dot_v1_dot_denoiser__pb2.CfgPassResponse.FromString,
+                _registered_method=True)
 
 
 class DenoiserServicer:
@@ -63,6 +68,15 @@ class DenoiserServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CfgPass(self, request_iterator, context):
+        """CFG parallelism: runs the unconditional pass of another replica's request. An open
+        message, then one step message per denoising step, each answered by that step's
+        noise prediction for the rows it carried.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DenoiserServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +89,11 @@ def add_DenoiserServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=diffusion_dot_v1_dot_denoiser__pb2.DenoiseCancelRequest.FromString,
                     response_serializer=diffusion_dot_v1_dot_denoiser__pb2.DenoiseCancelResponse.SerializeToString,
+            ),
+            'CfgPass': grpc.stream_stream_rpc_method_handler(
+                    servicer.CfgPass,
+                    request_deserializer=diffusion_dot_v1_dot_denoiser__pb2.CfgPassRequest.FromString,
+                    response_serializer=diffusion_dot_v1_dot_denoiser__pb2.CfgPassResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +150,33 @@ class Denoiser:
             '/diffusion.v1.Denoiser/Cancel',
             diffusion_dot_v1_dot_denoiser__pb2.DenoiseCancelRequest.SerializeToString,
             diffusion_dot_v1_dot_denoiser__pb2.DenoiseCancelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CfgPass(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/diffusion.v1.Denoiser/CfgPass',
+            diffusion_dot_v1_dot_denoiser__pb2.CfgPassRequest.SerializeToString,
+            diffusion_dot_v1_dot_denoiser__pb2.CfgPassResponse.FromString,
             options,
             channel_credentials,
             insecure,

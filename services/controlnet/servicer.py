@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import torch
@@ -26,24 +26,29 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
             raise InvalidArgument("the first message must be open", field="open")
         request_id, opening = first.request_id, first.open
         importer, exporter = self.runtime.importer, self.runtime.exporter
-        self.engine.check(opening.controlnet)
-        cond_image = importer.load(opening.cond_image)
-        embeds = importer.load(opening.prompt_embeds)
-        zeros = None
+        controlnet = self.engine.acquire(opening.controlnet)
         try:
+            cond_image = importer.load(opening.cond_image)
+            embeds = importer.load(opening.prompt_embeds)
+            controlnet.check_compatible(embeds)
+            zeros = None
+            checked = False
             for message in requests:
                 step = message.step
                 exporter.release(step.release_lease_ids)
                 latents = importer.load(step.latents, release=False)
+                if not checked:
+                    controlnet.check_compatible(embeds, latents)
+                    checked = True
                 start = time.perf_counter()
                 timestep = torch.tensor(step.timestep, dtype=torch.float64)
                 if step.conditioning_scale == 0.0:
                     if zeros is None:
-                        zeros = self.engine.zeros(opening.controlnet, latents, timestep, embeds,
+                        zeros = self.engine.zeros(controlnet, latents, timestep, embeds,
                                                   cond_image)
                     down, mid = zeros
                 else:
-                    down, mid = self.engine.step(opening.controlnet, latents, timestep, embeds,
+                    down, mid = self.engine.step(controlnet, latents, timestep, embeds,
                                                  cond_image, step.conditioning_scale)
                 compute_ms = (time.perf_counter() - start) * 1e3
                 peer = opening.peer
@@ -55,4 +60,5 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
                     release_lease_ids=[step.latents.lease.lease_id]
                     if step.latents.lease.lease_id else [])
         finally:
+            self.engine.release(opening.controlnet)
             exporter.release_request(request_id)

@@ -1,11 +1,14 @@
-"""The denoiser's step loop: every active request advances one step per iteration.
+"""The denoiser's step loop: every runnable work advances one step per iteration.
 
-Requests join and leave at step boundaries (continuous batching). Each
-iteration groups the active requests by (model, LoRA patch, latent shape);
-each group runs as one UNet batch, with its LoRA patch merged for the time of
-that batch. ControlNet residuals come from the ControlNet replicas paired
-with each request: the step's inputs are sent to all of them before any
-answer is awaited, so several ControlNets compute at once.
+Works join and leave at step boundaries (continuous batching). Each
+iteration groups the runnable works by (model, LoRA patch, latent shape);
+each group runs as one UNet batch (:mod:`services.denoiser.step_batch`), with
+its LoRA patch merged for the time of that batch. A work may be unable to
+step for a while: its LoRAs are still loading at its BAL bound, or (CFG
+parallelism) it waits for its partner's half of the step, or (partner side)
+the next step's rows have not arrived. The loop serves the other works
+meanwhile and sleeps only when none can step; :meth:`DenoiserEngine.wake`
+ends the sleep.
 """
 
 from __future__ import annotations
@@ -14,50 +17,38 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
 
 import torch
 
-from services.common.errors import Cancelled, DeadlineExceeded, FleetError
-from services.denoiser.controlnet_link import ControlNetLink, Residuals
-from services.denoiser.job import DenoiseJob, ErrorEvent, FinalEvent, StepEvent
-from services.denoiser.lora_patch import NO_PATCH, LoraLayer, LoraPatcher, Patch
-from services.denoiser.request_state import ModelInfo, RequestState, prepare
+from services.common.errors import FleetError
+from services.denoiser.bal import LoraGate, LoraLayers
+from services.denoiser.controlnet_set import ControlNetSet
+from services.denoiser.job import DenoiseJob
+from services.denoiser.lora_patch import Patch
+from services.denoiser.request_state import RequestState, prepare
+from services.denoiser.step_batch import LoadedUnet, run_batch
+from services.denoiser.work import CfgPartner, RequestWork, StepWork
 
 log = logging.getLogger("dfleet.denoiser")
 
+IDLE_POLL_S = 0.5
 
-@dataclass
-class LoadedUnet:
-    unet: Any
-    info: ModelInfo
-    patcher: LoraPatcher
-
-
-@dataclass
-class Active:
-    """A running request: its state, its ControlNet links, its LoRA layers."""
-
-    state: RequestState
-    links: list[ControlNetLink]
-    patch: Patch
-    loras: dict[str, dict[str, LoraLayer]]
-    started: float
-    batch_peak: int = 1
-
-    @property
-    def job(self) -> DenoiseJob:
-        return self.state.job
+__all__ = ["DenoiserEngine", "LoadedUnet"]
 
 
 class DenoiserEngine:
-    def __init__(self, load_unet: Callable[[str], LoadedUnet], max_batch_requests: int = 8) -> None:
+    def __init__(self, load_unet: Callable[[str], LoadedUnet], max_batch_requests: int = 8,
+                 parallel_controlnet: bool = True) -> None:
         self.load_unet = load_unet
         self.max_batch_requests = max_batch_requests
-        self._pending: list[Active] = []
-        self._active: list[Active] = []
+        self.parallel_controlnet = parallel_controlnet
+        self._pending: list[StepWork] = []
+        self._active: list[StepWork] = []
         self._lock = threading.Condition()
+        self._woken = False
         self._stop = False
         self.steps_run = 0
         self.batches_run = 0
@@ -65,15 +56,32 @@ class DenoiserEngine:
         self._thread.start()
 
     # called from request threads
-    def submit(self, job: DenoiseJob, links: list[ControlNetLink],
-               loras: dict[str, dict[str, LoraLayer]]) -> None:
+    def submit(self, job: DenoiseJob, controls: ControlNetSet,
+               loras: Future[LoraLayers] | None = None, bound: int = 0,
+               partner: Callable[[RequestState], CfgPartner] | None = None) -> RequestWork:
+        """Prepares ``job`` and queues it; its LoRAs join by step ``bound`` (BAL).
+
+        ``partner`` opens the CFG pass for the prepared request (CFG parallelism).
+        """
         model = self.load_unet(job.model)
         state = prepare(job, model.info)
         patch: Patch = tuple(sorted((spec.name, spec.scale) for spec in job.loras))
-        for name, layers in loras.items():
-            model.patcher.check(name, layers)
+        checked = self.checked_loras(job.model, loras) if patch else None
+        link = partner(state) if partner is not None and job.do_cfg else None
+        work = RequestWork(state, controls, LoraGate(patch, checked, bound), link)
+        self.add(work)
+        return work
+
+    def add(self, work: StepWork) -> None:
         with self._lock:
-            self._pending.append(Active(state, links, patch, loras, time.monotonic()))
+            self._pending.append(work)
+            self._woken = True
+            self._lock.notify()
+
+    def wake(self) -> None:
+        """Something a waiting work needs has arrived: look again."""
+        with self._lock:
+            self._woken = True
             self._lock.notify()
 
     def load(self) -> int:
@@ -86,6 +94,27 @@ class DenoiserEngine:
             self._lock.notify()
         self._thread.join(timeout=10)
 
+    def checked_loras(self, model: str, loras: Future[LoraLayers] | None
+                      ) -> Future[LoraLayers]:
+        """``loras``, checked against ``model``'s UNet once loaded; wakes the loop when done."""
+        if loras is None:
+            raise ValueError("a request with LoRAs needs their loading future")
+        patcher = self.load_unet(model).patcher
+        out: Future[LoraLayers] = Future()
+
+        def done(source: Future[LoraLayers]) -> None:
+            try:
+                layers = source.result()
+                for name, lora in layers.items():
+                    patcher.check(name, lora)
+                out.set_result(layers)
+            except BaseException as exc:  # noqa: BLE001 - handed to the request
+                out.set_exception(exc)
+            self.wake()
+
+        loras.add_done_callback(done)
+        return out
+
     # the loop
     def _loop(self) -> None:
         with torch.inference_mode():
@@ -94,124 +123,77 @@ class DenoiserEngine:
     def _serve(self) -> None:
         while True:
             with self._lock:
-                while not self._pending and not self._active and not self._stop:
-                    self._lock.wait()
+                while not self._woken and not self._stop:
+                    self._lock.wait(IDLE_POLL_S if self._active else None)
+                    if self._active:
+                        break
                 if self._stop:
                     return
+                self._woken = False
                 self._active.extend(self._pending)
                 self._pending.clear()
-            self._drop_finished_or_failed()
-            for group in self._groups():
+            self._drop_expired()
+            self._settle()
+            runnable = [work for work in list(self._active) if self._runnable(work)]
+            if not runnable:
+                continue
+            with self._lock:
+                self._woken = True  # more steps to run: do not sleep before the next round
+            for group in self._groups(runnable):
+                for work in group:
+                    work.last_batch = len(group)
                 try:
-                    self._run_batch(group)
-                except Exception as exc:  # noqa: BLE001 - reported to each request in the batch
+                    completed = run_batch(self.load_unet(group[0].model), group,
+                                          self.parallel_controlnet)
+                except Exception as exc:  # noqa: BLE001 - reported to each work in the batch
                     if not isinstance(exc, FleetError):
                         log.exception("batch failed")
-                    for item in group:
-                        self._finish(item, ErrorEvent(exc))
+                    for work in group:
+                        self._finish(work, exc)
+                    continue
+                self.batches_run += 1
+                for work, done in zip(group, completed, strict=True):
+                    if done:
+                        self._after_step(work)
 
-    def _drop_finished_or_failed(self) -> None:
+    def _runnable(self, work: StepWork) -> bool:
+        try:
+            return work.runnable()
+        except Exception as exc:  # noqa: BLE001 - e.g. its LoRA failed to load
+            self._finish(work, exc)
+            return False
+
+    def _settle(self) -> None:
+        for work in list(self._active):
+            try:
+                if work.settle():
+                    self._after_step(work)
+            except Exception as exc:  # noqa: BLE001 - e.g. the CFG partner failed
+                self._finish(work, exc)
+
+    def _after_step(self, work: StepWork) -> None:
+        self.steps_run += 1
+        if work.after_step():
+            self._finish(work, None)
+
+    def _drop_expired(self) -> None:
         now = time.monotonic()
-        for item in list(self._active):
-            job = item.job
-            if job.cancelled.is_set():
-                self._finish(item, ErrorEvent(Cancelled("request cancelled", field="request_id")))
-            elif job.deadline is not None and now > job.deadline:
-                self._finish(item, ErrorEvent(DeadlineExceeded(
-                    f"deadline passed at step {item.state.index}/{len(item.state.timesteps)}")))
+        for work in list(self._active):
+            error = work.expired(now)
+            if error is not None:
+                self._finish(work, error)
 
-    def _groups(self) -> list[list[Active]]:
-        groups: dict[tuple[Any, ...], list[Active]] = defaultdict(list)
-        for item in self._active:
-            key = (item.job.model, item.patch, tuple(item.state.latents.shape))
-            groups[key].append(item)
+    def _groups(self, works: list[StepWork]) -> list[list[StepWork]]:
+        groups: dict[tuple[Any, ...], list[StepWork]] = defaultdict(list)
+        for work in works:
+            groups[work.group_key()].append(work)
         return [g[i:i + self.max_batch_requests] for g in groups.values()
                 for i in range(0, len(g), self.max_batch_requests)]
 
-    def _run_batch(self, batch: list[Active]) -> None:
-        model = self.load_unet(batch[0].job.model)
-        inputs = [item.state.model_input() for item in batch]
-        residuals = self._controlnet_residuals(batch, inputs)
-        model.patcher.apply(batch[0].patch, batch[0].loras if batch[0].patch else {})
-        sample = torch.cat([unet_in for _, unet_in in inputs])
-        timesteps = torch.cat([
-            item.state.timesteps[item.state.index].to(torch.float64).reshape(1).expand(
-                item.state.rows) for item in batch])
-        embeds = torch.cat([item.state.prompt_embeds for item in batch])
-        down, mid = _stack_residuals(batch, residuals)
-        with torch.inference_mode():
-            noise = model.unet(sample, timesteps, encoder_hidden_states=embeds,
-                               down_block_additional_residuals=down,
-                               mid_block_additional_residual=mid, return_dict=False)[0]
-        self.batches_run += 1
-        offset = 0
-        for item in batch:
-            item.batch_peak = max(item.batch_peak, len(batch))
-            rows = item.state.rows
-            item.state.advance(noise[offset:offset + rows])
-            offset += rows
-            self.steps_run += 1
-            self._report_step(item)
-
-    def _controlnet_residuals(self, batch: list[Active],
-                              inputs: list[tuple[torch.Tensor, torch.Tensor]]
-                              ) -> list[Residuals | None]:
-        for item, (cn_in, _) in zip(batch, inputs):
-            state = item.state
-            keep = state.controlnet_keep[state.index]
-            for link, spec, k in zip(item.links, item.job.controlnets, keep):
-                link.send(state.index, cn_in, state.timesteps[state.index], spec.scale * k)
-        results: list[Residuals | None] = []
-        for item in batch:
-            total: Residuals | None = None
-            for link in item.links:
-                down, mid = link.receive()
-                if total is None:
-                    total = (down, mid)
-                else:
-                    total = ([a + b for a, b in zip(total[0], down)], total[1] + mid)
-            results.append(total)
-        return results
-
-    def _report_step(self, item: Active) -> None:
-        state, job = item.state, item.job
-        total = len(state.timesteps)
-        if state.done:
-            self._finish(item, FinalEvent(
-                latents=state.latents.clone(), steps=total,
-                queue_ms=(item.started - job.submitted) * 1e3,
-                run_ms=(time.monotonic() - item.started) * 1e3, batch_peak=item.batch_peak))
-            return
-        preview = None
-        if job.preview_every and state.index % job.preview_every == 0:
-            preview = state.latents.clone()
-        job.events.put(StepEvent(state.index, total, preview))
-
-    def _finish(self, item: Active, event: FinalEvent | ErrorEvent) -> None:
-        if item in self._active:
-            self._active.remove(item)
-        for link in item.links:
-            try:
-                link.close()
-            except Exception:  # noqa: BLE001 - closing is best effort; leases expire anyway
-                log.warning("closing a ControlNet link failed", exc_info=True)
-        item.job.events.put(event)
-
-
-def _stack_residuals(batch: list[Active], residuals: list[Residuals | None]
-                     ) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
-    """Per-request residuals as one batch; requests without a ControlNet add zeros."""
-    template = next((r for r in residuals if r is not None), None)
-    if template is None:
-        return None, None
-    downs: list[list[torch.Tensor]] = []
-    mids: list[torch.Tensor] = []
-    for item, res in zip(batch, residuals):
-        rows = item.state.rows
-        if res is None:
-            res = ([torch.zeros((rows, *d.shape[1:]), dtype=d.dtype) for d in template[0]],
-                   torch.zeros((rows, *template[1].shape[1:]), dtype=template[1].dtype))
-        downs.append(res[0])
-        mids.append(res[1])
-    down = [torch.cat(parts) for parts in zip(*downs)]
-    return down, torch.cat(mids)
+    def _finish(self, work: StepWork, error: Exception | None) -> None:
+        if work in self._active:
+            self._active.remove(work)
+        try:
+            work.finish(error)
+        except Exception:  # noqa: BLE001 - finishing is best effort
+            log.warning("finishing %s failed", work.request_id, exc_info=True)

@@ -29,6 +29,12 @@ class LoraSpec:
     address: str
 
 
+@dataclass(frozen=True)
+class CfgPartnerSpec:
+    address: str
+    peer: Any = None          # PeerInfo of the partner replica
+
+
 @dataclass
 class DenoiseJob:
     request_id: str
@@ -48,7 +54,16 @@ class DenoiseJob:
     loras: list[LoraSpec] = field(default_factory=list)
     preview_every: int = 0
     deadline: float | None = None  # time.monotonic() value
-    events: "queue.Queue[Any]" = field(default_factory=queue.Queue)
+    lora_async_steps: int = 0      # BAL bound K; -1 = the stored profile's; 0 = exact
+    stale_controlnet: bool = False  # step t uses step t-1's ControlNet residuals
+    cfg_partner: CfgPartnerSpec | None = None  # replica that runs the unconditional pass
+    # SDXL-shaped UNets only (in-process callers; not on the wire): pooled text embeddings
+    # and the added time ids, as the SDXL pipelines pass them in added_cond_kwargs.
+    pooled_prompt_embeds: torch.Tensor | None = None
+    negative_pooled_prompt_embeds: torch.Tensor | None = None
+    add_time_ids: torch.Tensor | None = None
+    edit: Any = None  # TemplateEdit (services.denoiser.template_editing): a template edit
+    events: queue.Queue[Any] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
 
@@ -71,6 +86,7 @@ class FinalEvent:
     queue_ms: float
     run_ms: float
     batch_peak: int = 1
+    lora_step: int | None = None   # step at which the LoRAs joined (BAL); None without LoRAs
 
 
 @dataclass(frozen=True)

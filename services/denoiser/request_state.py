@@ -31,6 +31,8 @@ class ModelInfo:
     vae_scale_factor: int
     in_channels: int
     latent_channels: int = 4
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
 
 
 @dataclass
@@ -45,6 +47,7 @@ class RequestState:
     masked_image_latents: torch.Tensor | None = None
     controlnet_keep: list[list[float]] = field(default_factory=list)  # per step, per ControlNet
     step_kwargs: dict[str, Any] = field(default_factory=dict)
+    added_cond: dict[str, torch.Tensor] | None = None  # SDXL: text_embeds, time_ids per row
     index: int = 0
 
     @property
@@ -62,7 +65,13 @@ class RequestState:
         scaled = self.scheduler.scale_model_input(doubled, t)
         if self.mask is None:
             return scaled, scaled
+        assert self.masked_image_latents is not None
         return scaled, torch.cat([scaled, self.mask, self.masked_image_latents], dim=1)
+
+    def controlnet_scales(self) -> list[float]:
+        """Each ControlNet's conditioning scale at this step (0 outside its guidance range)."""
+        keep = self.controlnet_keep[self.index]
+        return [spec.scale * k for spec, k in zip(self.job.controlnets, keep, strict=True)]
 
     def advance(self, noise_pred: torch.Tensor) -> None:
         if self.job.do_cfg:
@@ -143,8 +152,42 @@ def prepare(job: DenoiseJob, info: ModelInfo) -> RequestState:
         latents = scheduler.add_noise(init_latents, noise, latent_timestep)
     else:
         latents = randn_tensor(shape, generator=generator, dtype=embeds.dtype) * sigma
-    return RequestState(
+    state = RequestState(
         job=job, generator=generator, scheduler=scheduler, timesteps=list(timesteps),
         latents=latents, prompt_embeds=embeds, mask=mask, masked_image_latents=masked,
         controlnet_keep=_controlnet_keep(job, len(timesteps)),
-        step_kwargs=_step_kwargs(scheduler, generator))
+        step_kwargs=_step_kwargs(scheduler, generator), added_cond=_added_cond(job))
+    return _to_device(state, info)
+
+
+def _added_cond(job: DenoiseJob) -> dict[str, torch.Tensor] | None:
+    """SDXL's added conditioning, rows in the order of the prompt embeddings."""
+    if job.pooled_prompt_embeds is None:
+        return None
+    if job.add_time_ids is None:
+        raise InvalidArgument("SDXL-shaped requests need add_time_ids", field="add_time_ids")
+    text, time_ids = job.pooled_prompt_embeds, job.add_time_ids
+    if job.do_cfg:
+        if job.negative_pooled_prompt_embeds is None:
+            raise InvalidArgument("needed when guidance_scale > 1",
+                                  field="negative_pooled_prompt_embeds")
+        text = torch.cat([job.negative_pooled_prompt_embeds, text])
+        time_ids = torch.cat([time_ids, time_ids])
+    return {"text_embeds": text, "time_ids": time_ids}
+
+
+def _to_device(state: RequestState, info: ModelInfo) -> RequestState:
+    """The state on the UNet's device and in its dtype (noise was drawn on the CPU).
+
+    A no-op for the CPU in float32: ``Tensor.to`` returns the tensor itself.
+    """
+    def move(t: torch.Tensor | None) -> Any:
+        return None if t is None else t.to(info.device, info.dtype)
+    state.latents = move(state.latents)
+    state.prompt_embeds = move(state.prompt_embeds)
+    state.mask = move(state.mask)
+    state.masked_image_latents = move(state.masked_image_latents)
+    state.timesteps = [t.to(info.device) for t in state.timesteps]
+    if state.added_cond is not None:
+        state.added_cond = {k: v.to(info.device, info.dtype) for k, v in state.added_cond.items()}
+    return state

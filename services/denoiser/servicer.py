@@ -1,50 +1,75 @@
-"""gRPC <-> DenoiserEngine: turns a DenoiseRequest into a DenoiseJob and streams its events."""
+"""gRPC <-> DenoiserEngine: a DenoiseRequest becomes a DenoiseJob whose events are streamed.
+
+Also the partner side of CFG parallelism (``CfgPass``), whose steps run in the
+same engine as :class:`~services.denoiser.cfg_pass.PassWork`.
+"""
 
 from __future__ import annotations
 
 import queue
 import threading
 import time
-from typing import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import torch
 
-from diffusion.v1 import denoiser_pb2, denoiser_pb2_grpc, lora_cache_pb2, lora_cache_pb2_grpc
-from services.common.errors import InvalidArgument, from_rpc_error
+from diffusion.v1 import denoiser_pb2, denoiser_pb2_grpc
+from services.common.errors import InvalidArgument
 from services.common.server import ServiceRuntime
 from services.common.transport import local_peer
+from services.denoiser.bal import BalProfiles
+from services.denoiser.cfg_link import CfgPartnerLink
+from services.denoiser.cfg_pass import PassStep, PassWork
 from services.denoiser.controlnet_link import ControlNetLink
+from services.denoiser.controlnet_set import ControlNetSet, StepLink
 from services.denoiser.engine import DenoiserEngine
-from services.denoiser.job import (ControlNetSpec, DenoiseJob, ErrorEvent, FinalEvent, LoraSpec,
-                                   StepEvent)
-from services.denoiser.lora_patch import LoraLayer, parse_lora
+from services.denoiser.job import (
+    CfgPartnerSpec,
+    ControlNetSpec,
+    DenoiseJob,
+    ErrorEvent,
+    FinalEvent,
+    LoraSpec,
+    StepEvent,
+)
+from services.denoiser.lora_loader import LoraLoader
+from services.denoiser.request_state import RequestState
+from services.denoiser.work import CfgPartner
 
 EVENT_POLL_S = 0.5
 
 
 class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
-    def __init__(self, engine: DenoiserEngine, runtime: ServiceRuntime) -> None:
+    def __init__(self, engine: DenoiserEngine, runtime: ServiceRuntime, loader: LoraLoader,
+                 profiles: BalProfiles) -> None:
         self.engine = engine
         self.runtime = runtime
+        self.loader = loader
+        self.profiles = profiles
         self._jobs: dict[str, DenoiseJob] = {}
-        self._lora_layers: dict[str, dict[str, LoraLayer]] = {}
         self._lock = threading.Lock()
 
     def Denoise(self, request: denoiser_pb2.DenoiseRequest,
                 context: grpc.ServicerContext) -> Iterator[denoiser_pb2.DenoiseEvent]:
         job = self._job(request, context)
-        links: list[ControlNetLink] = []
+        rows = job.prompt_embeds
+        if job.do_cfg and job.cfg_partner is None:
+            assert job.negative_prompt_embeds is not None
+            rows = torch.cat([job.negative_prompt_embeds, job.prompt_embeds])
+        controls = ControlNetSet([], 0, job.stale_controlnet)
         try:
-            loras = {spec.name: self._lora(spec, request.request_id) for spec in job.loras}
-            links = self._links(job, context)
+            controls.links = self._links(job.request_id, job.controlnets, rows, context)
             with self._lock:
                 self._jobs[job.request_id] = job
             context.add_callback(job.cancelled.set)
-            self.engine.submit(job, links, loras)
+            loras = self.loader.load(job.loras, job.request_id) if job.loras else None
+            bound = self.profiles.bound(job.lora_async_steps, job.model,
+                                        [spec.name for spec in job.loras],
+                                        job.num_inference_steps)
+            self.engine.submit(job, controls, loras, bound, self._partner(job, context))
         except Exception:
-            for link in links:
-                link.close()
+            controls.close()
             raise
         try:
             yield from self._events(job, request, context)
@@ -59,6 +84,66 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
         if job is not None:
             job.cancelled.set()
         return denoiser_pb2.DenoiseCancelResponse(cancelled=job is not None)
+
+    def CfgPass(self, requests: Iterator[denoiser_pb2.CfgPassRequest],
+                context: grpc.ServicerContext) -> Iterator[denoiser_pb2.CfgPassResponse]:
+        first = next(requests, None)
+        if first is None or first.WhichOneof("message") != "open":
+            raise InvalidArgument("the first message must be open", field="open")
+        rid, opening = first.request_id, first.open
+        embeds = self._load(opening.prompt_embeds, "open.prompt_embeds")
+        if embeds is None:
+            raise InvalidArgument("prompt embeddings are required", field="open.prompt_embeds")
+        self.engine.load_unet(opening.model)
+        loras = [LoraSpec(lo.name, lo.scale, lo.address) for lo in opening.loras]
+        patch = tuple(sorted((spec.name, spec.scale) for spec in loras))
+        controls = ControlNetSet([], opening.total_steps, opening.stale_controlnet)
+        controls.links = self._links(rid, self._controlnet_specs(opening.controlnets), embeds,
+                                     context)
+        loaded = (self.engine.checked_loras(opening.model, self.loader.load(loras, rid))
+                  if loras else None)
+        work = PassWork(rid, opening.model, embeds, controls, patch, loaded,
+                        opening.total_steps)
+        context.add_callback(work.cancelled.set)
+        context.add_callback(self.engine.wake)
+        self.engine.add(work)
+        threading.Thread(target=self._read_pass, args=(requests, work), daemon=True,
+                         name=f"cfg-pass-{rid}").start()
+        export = self.runtime.exporter.export
+        try:
+            while True:
+                try:
+                    answer = work.answers.get(timeout=EVENT_POLL_S)
+                except queue.Empty:
+                    continue
+                if answer is None:
+                    return
+                if isinstance(answer, Exception):
+                    raise answer
+                yield denoiser_pb2.CfgPassResponse(
+                    step=answer.step, release_lease_ids=answer.lease_ids,
+                    noise_pred=export(answer.noise, opening.peer, request_id=rid))
+        finally:
+            self.runtime.exporter.release_request(rid)
+
+    def _read_pass(self, requests: Iterator[denoiser_pb2.CfgPassRequest],
+                   work: PassWork) -> None:
+        try:
+            for message in requests:
+                step = message.step
+                work.push(PassStep(
+                    step=step.step,
+                    sample=self.runtime.importer.load(step.sample, release=False),
+                    timestep=torch.tensor(step.timestep, dtype=torch.float64),
+                    controlnet_scales=list(step.controlnet_scales),
+                    with_loras=step.with_loras,
+                    lease_ids=[step.sample.lease.lease_id] if step.sample.lease.lease_id else []))
+                self.runtime.exporter.release(step.release_lease_ids)
+                self.engine.wake()
+        except grpc.RpcError:
+            pass
+        work.cancelled.set()
+        self.engine.wake()
 
     def _events(self, job: DenoiseJob, request: denoiser_pb2.DenoiseRequest,
                 context: grpc.ServicerContext) -> Iterator[denoiser_pb2.DenoiseEvent]:
@@ -78,9 +163,9 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
                     step=event.step, total_steps=event.total_steps, preview_latents=preview))
             elif isinstance(event, FinalEvent):
                 yield denoiser_pb2.DenoiseEvent(result=denoiser_pb2.DenoiseResult(
-                    latents=export(event.latents, request.peer, request_id=job.request_id),
+                    latents=export(event.latents.cpu(), request.peer, request_id=job.request_id),
                     steps=event.steps, queue_ms=event.queue_ms, run_ms=event.run_ms,
-                    batch_peak=event.batch_peak))
+                    batch_peak=event.batch_peak, lora_joined_step=event.lora_step or 0))
                 return
             elif isinstance(event, ErrorEvent):
                 raise event.error
@@ -93,12 +178,27 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
         except Exception as exc:
             raise InvalidArgument(f"cannot read tensor: {exc}", field=field) from exc
 
+    def _controlnet_specs(self, attachments: object) -> list[ControlNetSpec]:
+        specs = []
+        for c in attachments:  # type: ignore[attr-defined]
+            image = self._load(c.cond_image, "controlnets.cond_image")
+            if image is None:
+                raise InvalidArgument("a control image is required", field="controlnets.cond_image")
+            specs.append(ControlNetSpec(name=c.name, address=c.address, peer=c.peer,
+                                        cond_image=image, scale=c.scale,
+                                        guidance_start=c.guidance_start,
+                                        guidance_end=c.guidance_end or 1.0))
+        return specs
+
     def _job(self, request: denoiser_pb2.DenoiseRequest,
              context: grpc.ServicerContext) -> DenoiseJob:
         if not request.request_id:
             raise InvalidArgument("request_id is required", field="request_id")
         if request.num_inference_steps < 1:
             raise InvalidArgument("must be at least 1", field="num_inference_steps")
+        if request.lora_async_steps < -1:
+            raise InvalidArgument("must be -1 (profile), 0 (exact) or a step bound",
+                                  field="lora_async_steps")
         embeds = self._load(request.prompt_embeds, "prompt_embeds")
         if embeds is None:
             raise InvalidArgument("prompt embeddings are required", field="prompt_embeds")
@@ -106,12 +206,8 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
         if request.guidance_scale > 1.0 and negative is None:
             raise InvalidArgument("needed when guidance_scale > 1", field="negative_prompt_embeds")
         remaining = context.time_remaining()
-        controlnets = [
-            ControlNetSpec(name=c.name, address=c.address, peer=c.peer,
-                           cond_image=self._load(c.cond_image, "controlnets.cond_image"),
-                           scale=c.scale, guidance_start=c.guidance_start,
-                           guidance_end=c.guidance_end or 1.0)
-            for c in request.controlnets]
+        partner = (CfgPartnerSpec(request.cfg_partner.address, request.cfg_partner.peer)
+                   if request.cfg_partner.address and request.guidance_scale > 1.0 else None)
         return DenoiseJob(
             request_id=request.request_id, model=request.model, prompt_embeds=embeds,
             negative_prompt_embeds=negative, width=request.width, height=request.height,
@@ -122,41 +218,52 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
             mask=self._load(request.mask, "mask"),
             masked_image_moments=self._load(request.masked_image_moments,
                                             "masked_image_moments"),
-            controlnets=controlnets,
+            controlnets=self._controlnet_specs(request.controlnets),
             loras=[LoraSpec(lo.name, lo.scale, lo.address) for lo in request.loras],
             preview_every=request.preview_every,
-            deadline=(time.monotonic() + remaining) if remaining is not None else None)
+            deadline=(time.monotonic() + remaining) if remaining is not None else None,
+            lora_async_steps=request.lora_async_steps,
+            stale_controlnet=request.stale_controlnet, cfg_partner=partner)
 
-    def _links(self, job: DenoiseJob, context: grpc.ServicerContext) -> list[ControlNetLink]:
-        if not job.controlnets:
-            return []
-        embeds = job.prompt_embeds
-        if job.do_cfg:
-            assert job.negative_prompt_embeds is not None
-            embeds = torch.cat([job.negative_prompt_embeds, job.prompt_embeds])
-        links = []
-        for spec in job.controlnets:
-            image = torch.cat([spec.cond_image] * 2) if job.do_cfg else spec.cond_image
-            links.append(ControlNetLink(
-                self.runtime.channels, spec.address, job.request_id, spec.name, image, embeds,
-                self.runtime.exporter, self.runtime.importer, spec.peer, local_peer(),
-                context.time_remaining()))
+    def _links(self, request_id: str, specs: list[ControlNetSpec], rows: torch.Tensor,
+               context: grpc.ServicerContext) -> list[StepLink]:
+        """One stream per ControlNet, for ``rows`` (prompt embeddings, in batch order)."""
+        links: list[StepLink] = []
+        try:
+            for spec in specs:
+                image = torch.cat([spec.cond_image] * rows.shape[0])
+                links.append(ControlNetLink(
+                    self.runtime.channels, spec.address, request_id, spec.name, image, rows,
+                    self.runtime.exporter, self.runtime.importer, spec.peer, local_peer(),
+                    context.time_remaining()))
+        except Exception:
+            for link in links:
+                link.close()
+            raise
         return links
 
-    def _lora(self, spec: LoraSpec, request_id: str) -> dict[str, LoraLayer]:
-        with self._lock:
-            cached = self._lora_layers.get(spec.name)
-        if cached is not None:
-            return cached
-        stub = lora_cache_pb2_grpc.LoraCacheStub(self.runtime.channels.get(spec.address))
-        try:
-            response = stub.Fetch(lora_cache_pb2.FetchLoraRequest(
-                request_id=request_id, lora=spec.name, peer=local_peer()), timeout=60)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err, f"lora cache {spec.address}") from err
-        tensors = {nt.name: self.runtime.importer.load(nt.tensor) for nt in response.tensors}
-        layers = parse_lora(tensors, dict(response.metadata))
-        with self._lock:
-            self._lora_layers[spec.name] = layers
-        return layers
+    def _partner(self, job: DenoiseJob, context: grpc.ServicerContext
+                 ) -> Callable[[RequestState], CfgPartner] | None:
+        spec = job.cfg_partner
+        if spec is None:
+            return None
+        export = self.runtime.exporter.export
+        rid = job.request_id
 
+        def open_pass(state: RequestState) -> CfgPartner:
+            assert job.negative_prompt_embeds is not None
+            opening = denoiser_pb2.CfgPassOpen(
+                model=job.model, peer=local_peer(), stale_controlnet=job.stale_controlnet,
+                total_steps=len(state.timesteps),
+                prompt_embeds=export(job.negative_prompt_embeds, spec.peer, request_id=rid),
+                controlnets=[denoiser_pb2.ControlNetAttachment(
+                    name=c.name, address=c.address, peer=c.peer, scale=c.scale,
+                    guidance_start=c.guidance_start, guidance_end=c.guidance_end,
+                    cond_image=export(c.cond_image, spec.peer, request_id=rid))
+                    for c in job.controlnets],
+                loras=[denoiser_pb2.LoraAttachment(name=lo.name, scale=lo.scale,
+                                                   address=lo.address) for lo in job.loras])
+            return CfgPartnerLink(self.runtime.channels, spec.address, spec.peer, rid, opening,
+                                  self.runtime.exporter, self.runtime.importer,
+                                  context.time_remaining(), self.engine.wake)
+        return open_pass

@@ -1,28 +1,26 @@
-"""Host-memory LRU of LoRA weights read from ``.safetensors`` files."""
+"""The node's host tier of LoRAs: storage -> host shared memory, within a byte budget, LRU.
+
+``prepare`` returns once a LoRA is in host memory. A fetch pins the LoRA for
+``pin_s`` seconds so the segment outlives the readers it was handed to: an
+evicted LoRA that is still pinned leaves the index at once (it no longer
+counts against the budget) and its segment is unlinked when the pin ends.
+The device tier lives in each denoiser (:mod:`services.denoiser.lora_loader`).
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import torch
-from safetensors import safe_open
-
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.model_store import ModelStore
+from services.common.transport.shm import SegmentNamer
+from services.lora_cache.host_tier import HostLora
 
-
-@dataclass(frozen=True)
-class LoraWeights:
-    name: str
-    tensors: dict[str, torch.Tensor]
-    metadata: dict[str, str]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+log = logging.getLogger("dfleet.lora_cache")
 
 
 @dataclass(frozen=True)
@@ -33,53 +31,118 @@ class PrepareResult:
     load_ms: float
 
 
-def read_lora(name: str, path: str) -> LoraWeights:
-    with safe_open(path, framework="pt") as f:
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
-        metadata = dict(f.metadata() or {})
-    return LoraWeights(name, tensors, metadata)
+@dataclass
+class _Entry:
+    lora: HostLora
+    pinned_until: float = 0.0
 
 
 class LoraCacheEngine:
-    """Keeps recently used LoRAs in host memory within ``budget_bytes`` (LRU)."""
+    """Thread-safe; one per node."""
 
-    def __init__(self, store: ModelStore, budget_bytes: int) -> None:
+    def __init__(self, store: ModelStore, budget_bytes: int, pin_s: float = 30.0) -> None:
         self.store = store
         self.budget_bytes = budget_bytes
-        self._cache: OrderedDict[str, LoraWeights] = OrderedDict()
+        self.pin_s = pin_s
+        self._namer = SegmentNamer()
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._draining: list[_Entry] = []
         self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
         self.hits = 0
         self.misses = 0
+        self.evictions = 0
 
     def prepare(self, name: str) -> PrepareResult:
+        """Makes ``name`` resident in host memory; a hit when it already was."""
         if not name:
             raise InvalidArgument("a LoRA name is required", field="loras")
         start = time.perf_counter()
         with self._lock:
-            cached = self._cache.get(name)
-            if cached is not None:
-                self._cache.move_to_end(name)
+            entry = self._touch(name)
+            if entry is not None:
                 self.hits += 1
-                return PrepareResult(name, cached.nbytes, True, 0.0)
-        path = self.store.lora_path(name)
-        weights = read_lora(name, str(path))
-        if weights.nbytes > self.budget_bytes:
-            raise ResourceExhausted(
-                f"LoRA {name!r} needs {weights.nbytes} bytes, over the cache budget "
-                f"of {self.budget_bytes}", field="loras")
-        with self._lock:
-            self.misses += 1
-            self._cache[name] = weights
-            self._cache.move_to_end(name)
-            while sum(w.nbytes for w in self._cache.values()) > self.budget_bytes:
-                self._cache.popitem(last=False)
-        return PrepareResult(name, weights.nbytes, False, (time.perf_counter() - start) * 1e3)
+                return PrepareResult(name, entry.lora.nbytes, True, 0.0)
+            gate = self._loading.setdefault(name, threading.Lock())
+        with gate:
+            with self._lock:
+                entry = self._touch(name)
+                if entry is not None:  # loaded by a concurrent prepare
+                    self.hits += 1
+                    return PrepareResult(name, entry.lora.nbytes, True, 0.0)
+            path = str(self.store.lora_path(name))
+            lora = HostLora.read(name, path, self._namer)
+            if lora.nbytes > self.budget_bytes:
+                lora.free()
+                raise ResourceExhausted(
+                    f"LoRA {name!r} needs {lora.nbytes} bytes, over the cache budget "
+                    f"of {self.budget_bytes}", field="loras")
+            with self._lock:
+                self.misses += 1
+                self._cache[name] = _Entry(lora)
+                self._evict_locked(keep=name)
+        return PrepareResult(name, lora.nbytes, False, (time.perf_counter() - start) * 1e3)
 
-    def get(self, name: str) -> LoraWeights:
-        self.prepare(name)
-        with self._lock:
-            return self._cache[name]
+    def fetch(self, name: str) -> HostLora:
+        """The resident LoRA (prepared first if needed), pinned for ``pin_s`` seconds."""
+        while True:
+            self.prepare(name)
+            with self._lock:
+                entry = self._cache.get(name)
+                if entry is not None:  # else evicted between the two locks: prepare again
+                    entry.pinned_until = time.monotonic() + self.pin_s
+                    return entry.lora
 
     def names(self) -> list[str]:
         with self._lock:
             return list(self._cache)
+
+    @property
+    def resident_bytes(self) -> int:
+        with self._lock:
+            return sum(e.lora.nbytes for e in self._cache.values())
+
+    def draining(self) -> int:
+        """Evicted LoRAs whose segments wait for their pins to end."""
+        with self._lock:
+            self._drain_locked()
+            return len(self._draining)
+
+    def close(self) -> None:
+        with self._lock:
+            entries = list(self._cache.values()) + self._draining
+            self._cache.clear()
+            self._draining = []
+        for entry in entries:
+            entry.lora.free()
+
+    def _touch(self, name: str) -> _Entry | None:
+        entry = self._cache.get(name)
+        if entry is not None:
+            self._cache.move_to_end(name)
+        self._drain_locked()
+        return entry
+
+    def _evict_locked(self, keep: str) -> None:
+        used = sum(e.lora.nbytes for e in self._cache.values())
+        for name in list(self._cache):
+            if used <= self.budget_bytes:
+                break
+            if name == keep:
+                continue
+            entry = self._cache.pop(name)
+            used -= entry.lora.nbytes
+            self.evictions += 1
+            self._draining.append(entry)
+            log.info("evicted LoRA %s from host memory", name)
+        self._drain_locked()
+
+    def _drain_locked(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for entry in self._draining:
+            if entry.pinned_until > now:
+                keep.append(entry)
+            else:
+                entry.lora.free()
+        self._draining = keep

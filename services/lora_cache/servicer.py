@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import grpc
 
-from diffusion.v1 import lora_cache_pb2, lora_cache_pb2_grpc
+from diffusion.v1 import lora_cache_pb2, lora_cache_pb2_grpc, tensor_pb2
 from services.common.server import ServiceRuntime
+from services.common.transport import host_id
 from services.lora_cache.engine import LoraCacheEngine
+from services.lora_cache.host_tier import HostLora
 
 
 class LoraCacheServicer(lora_cache_pb2_grpc.LoraCacheServicer):
@@ -23,10 +25,16 @@ class LoraCacheServicer(lora_cache_pb2_grpc.LoraCacheServicer):
 
     def Fetch(self, request: lora_cache_pb2.FetchLoraRequest,
               context: grpc.ServicerContext) -> lora_cache_pb2.FetchLoraResponse:
-        weights = self.engine.get(request.lora)
-        export = self.runtime.exporter.export
+        lora = self.engine.fetch(request.lora)
         return lora_cache_pb2.FetchLoraResponse(
-            tensors=[lora_cache_pb2.NamedTensor(
-                name=key, tensor=export(t, request.peer, request_id=request.request_id))
-                for key, t in weights.tensors.items()],
-            metadata=weights.metadata)
+            tensors=[lora_cache_pb2.NamedTensor(name=key, tensor=self._ref(lora, key, request))
+                     for key in lora.layout],
+            metadata=lora.metadata)
+
+    def _ref(self, lora: HostLora, key: str,
+             request: lora_cache_pb2.FetchLoraRequest) -> tensor_pb2.TensorRef:
+        """Same host: the shared segment itself. Elsewhere: a copy, as the transport sends it."""
+        if request.peer.host_id == host_id():
+            return lora.shm_ref(key)
+        return self.runtime.exporter.export(lora.tensor(key), request.peer,
+                                            request_id=request.request_id)

@@ -1,0 +1,169 @@
+"""The device tier of the LoRA cache: LoRA layers on the UNet's device, fetched in the background.
+
+The node's LoRA cache service holds LoRAs in host shared memory; this replica
+fetches one on first use (from shared memory when on the same host), parses
+it into per-module factors on its device and keeps them within a byte budget,
+least recently used first out. A request being served keeps its layers even
+if they are evicted meanwhile; the budget is what the cache itself holds.
+
+Loading runs in a small thread pool and returns a future, so the step loop
+can start a request before its LoRAs are ready (BAL).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import grpc
+import torch
+
+from diffusion.v1 import lora_cache_pb2, lora_cache_pb2_grpc
+from services.common.channels import ChannelPool
+from services.common.errors import from_rpc_error
+from services.common.transport import TensorImporter, local_peer
+from services.denoiser.bal import LoraLayers
+from services.denoiser.job import LoraSpec
+from services.denoiser.lora_patch import LoraLayer, parse_lora
+
+log = logging.getLogger("dfleet.denoiser")
+
+FETCH_TIMEOUT_S = 60.0
+Layers = dict[str, LoraLayer]
+
+
+def layers_nbytes(layers: Layers) -> int:
+    return sum(t.numel() * t.element_size() for layer in layers.values()
+               for t in (layer.down, layer.up))
+
+
+class LoraDeviceCache:
+    """Thread-safe LRU of parsed LoRAs within ``budget_bytes``."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self._entries: OrderedDict[str, Layers] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def get(self, name: str) -> Layers | None:
+        with self._lock:
+            layers = self._entries.get(name)
+            if layers is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(name)
+            self.hits += 1
+            return layers
+
+    def put(self, name: str, layers: Layers) -> None:
+        size = layers_nbytes(layers)
+        with self._lock:
+            if name in self._entries:
+                return
+            if size > self.budget_bytes:
+                log.warning("LoRA %s (%d bytes) is over the device budget; not cached", name, size)
+                return
+            self._entries[name] = layers
+            self._bytes += size
+            while self._bytes > self.budget_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                self._bytes -= layers_nbytes(dropped)
+                self.evictions += 1
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+
+Fetch = Callable[[LoraSpec, str], Layers]
+
+
+class LoraLoader:
+    """Futures of LoRA layers on ``device``; one fetch per name at a time."""
+
+    def __init__(self, fetch: Fetch, cache: LoraDeviceCache, device: str | torch.device = "cpu",
+                 threads: int = 2) -> None:
+        self.fetch = fetch
+        self.cache = cache
+        self.device = torch.device(device)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lora-load")
+        self._inflight: dict[str, Future[Layers]] = {}
+        self._lock = threading.Lock()
+
+    def load(self, specs: list[LoraSpec], request_id: str) -> Future[LoraLayers]:
+        """Every LoRA of a request, as one future (done at once when all are cached)."""
+        parts = {spec.name: self._one(spec, request_id) for spec in specs}
+        combined: Future[LoraLayers] = Future()
+        remaining = [len(parts)]
+        lock = threading.Lock()
+
+        def done(_: Future[Layers]) -> None:
+            with lock:
+                remaining[0] -= 1
+                if remaining[0]:
+                    return
+            try:
+                combined.set_result({name: f.result() for name, f in parts.items()})
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
+                combined.set_exception(exc)
+
+        if not parts:
+            combined.set_result({})
+        for part in parts.values():
+            part.add_done_callback(done)
+        return combined
+
+    def _one(self, spec: LoraSpec, request_id: str) -> Future[Layers]:
+        cached = self.cache.get(spec.name)
+        if cached is not None:
+            ready: Future[Layers] = Future()
+            ready.set_result(cached)
+            return ready
+        with self._lock:
+            future = self._inflight.get(spec.name)
+            if future is None:
+                future = self._pool.submit(self._fetch, spec, request_id)
+                self._inflight[spec.name] = future
+        return future
+
+    def _fetch(self, spec: LoraSpec, request_id: str) -> Layers:
+        try:
+            layers = {module: LoraLayer(layer.down.to(self.device), layer.up.to(self.device),
+                                        layer.alpha)
+                      for module, layer in self.fetch(spec, request_id).items()}
+            self.cache.put(spec.name, layers)
+            return layers
+        finally:
+            with self._lock:
+                self._inflight.pop(spec.name, None)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def service_fetch(channels: ChannelPool, importer: TensorImporter) -> Fetch:
+    """Reads a LoRA from the LoRA cache service named in its spec."""
+
+    def fetch(spec: LoraSpec, request_id: str) -> Layers:
+        stub = lora_cache_pb2_grpc.LoraCacheStub(channels.get(spec.address))
+        try:
+            response = stub.Fetch(lora_cache_pb2.FetchLoraRequest(
+                request_id=request_id, lora=spec.name, peer=local_peer()),
+                timeout=FETCH_TIMEOUT_S)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err, f"lora cache {spec.address}") from err
+        tensors = {nt.name: importer.load(nt.tensor) for nt in response.tensors}
+        return parse_lora(tensors, dict(response.metadata))
+    return fetch

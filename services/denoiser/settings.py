@@ -1,0 +1,48 @@
+"""Settings of the denoiser service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from services.common.settings import ServiceSettings, setting
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class DenoiserSettings(ServiceSettings):
+    """Denoiser: runs the step loop of its requests in one shared batch."""
+
+    max_batch_requests: int = setting("requests per UNet batch", default=8)
+    parallel_controlnet: bool = setting(
+        "run the UNet's down and mid blocks while the ControlNets compute; off: wait for "
+        "the residuals first (same result)", default=True)
+    device: str = setting("torch device of the UNet: cpu, cuda, cuda:N", default="cpu")
+    dtype: str = setting("UNet weights: float32, float16 or bfloat16", default="float32")
+    cuda_graphs: bool = setting("capture the UNet halves as CUDA graphs per shape (CUDA only)",
+                                default=False)
+    lora_device_budget_mb: int = setting("device memory for cached LoRA layers, MiB",
+                                         default=1024)
+    lora_load_threads: int = setting("threads fetching LoRAs in the background", default=2)
+    profiles_dir: str = setting("BAL profiles folder; default: <models_dir>/profiles",
+                                default="")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_batch_requests < 1:
+            raise ValueError(f"max_batch_requests={self.max_batch_requests} must be >= 1")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.cuda_graphs and not self.device.startswith("cuda"):
+            raise ValueError(f"cuda_graphs=True needs a CUDA device, not device={self.device!r}")
+        if self.lora_device_budget_mb <= 0:
+            raise ValueError(f"lora_device_budget_mb={self.lora_device_budget_mb} must be "
+                             "positive")
+        if self.lora_load_threads < 1:
+            raise ValueError(f"lora_load_threads={self.lora_load_threads} must be >= 1")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
