@@ -28,10 +28,12 @@ class Placement:
     vae: ReplicaInfo
     controlnets: tuple[ReplicaInfo, ...]
     lora_cache: ReplicaInfo | None
+    cfg_partner: ReplicaInfo | None = None   # second denoiser: the unconditional pass
 
     def replicas(self) -> list[ReplicaInfo]:
         found = [self.text_encoder, self.denoiser, self.vae, *self.controlnets]
-        return found + ([self.lora_cache] if self.lora_cache else [])
+        extra = [r for r in (self.lora_cache, self.cfg_partner) if r is not None]
+        return found + extra
 
 
 def peer_of(replica: ReplicaInfo, inline_max_bytes: int = 0) -> tensor_pb2.PeerInfo:
@@ -77,10 +79,18 @@ class Placer:
         return min(estimates, key=lambda e: (round(e.total_ms, 3),
                                              (hash(e.replica.replica_id) + turn) % 1_000_003))
 
+    def cfg_partner(self, model: str, denoiser: ReplicaInfo) -> ReplicaInfo | None:
+        """A second denoiser for CFG parallelism, or None when only ``denoiser`` is alive."""
+        others = [r for r in self.fleet.replicas("denoiser") if r.replica_id != denoiser.replica_id]
+        if not others:
+            return None
+        return self._pick("denoiser", model, denoiser.host_id, frozenset({denoiser.replica_id}))
+
     def place(self, model: str, controlnets: list[str], with_loras: bool,
-              denoiser: ReplicaInfo, wait_s: float = 0.0) -> Placement:
+              denoiser: ReplicaInfo, wait_s: float = 0.0, cfg_parallel: bool = False
+              ) -> Placement:
         """The other replicas of a request, near its denoiser; a role with none alive is
-        waited for up to ``wait_s``."""
+        waited for up to ``wait_s``. ``cfg_parallel`` adds a partner denoiser if one is alive."""
         host = denoiser.host_id
         chosen: list[ReplicaInfo] = []
         for name in controlnets:
@@ -90,4 +100,5 @@ class Placer:
             text_encoder=self._pick("text_encoder", model, host, wait_s=wait_s),
             denoiser=denoiser, vae=self._pick("vae", model, host, wait_s=wait_s),
             controlnets=tuple(chosen),
-            lora_cache=self._pick("lora_cache", "", host, wait_s=wait_s) if with_loras else None)
+            lora_cache=self._pick("lora_cache", "", host, wait_s=wait_s) if with_loras else None,
+            cfg_partner=self.cfg_partner(model, denoiser) if cfg_parallel else None)

@@ -58,6 +58,9 @@ class Workflow:
     loras: list[LoraPlan] = field(default_factory=list)
     preview: bool = False
     return_pixels: bool = False
+    lora_async_steps: int = 0        # BAL bound K; -1 = the stored profile's; 0 = exact
+    stale_controlnet: bool = False   # step t uses step t-1's ControlNet residuals
+    cfg_parallel: bool = False       # unconditional pass on a second denoiser replica
 
     @property
     def kind(self) -> str:
@@ -103,10 +106,9 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore,
         raise FailedPrecondition("masked edits of templates are not served yet",
                                  field="template_id")
     approx = req.approximations
-    for name in ("lora_async_steps", "stale_controlnet", "activation_cache", "cfg_parallel"):
-        if getattr(approx, name):
-            raise FailedPrecondition("only exact serving is available on this fleet",
-                                     field=f"approximations.{name}")
+    if approx.activation_cache:
+        raise FailedPrecondition("only exact serving is available on this fleet",
+                                 field="approximations.activation_cache")
     if not req.prompt.strip():
         raise InvalidArgument("a prompt is required", field="prompt")
     for name in ("prompt", "negative_prompt"):
@@ -147,7 +149,11 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore,
         request_id=request_id, model=model, prompt=req.prompt,
         negative_prompt=req.negative_prompt, width=width, height=height, steps=steps,
         guidance_scale=guidance, seed=req.seed, strength=strength, preview=req.preview,
-        return_pixels=req.return_pixels)
+        return_pixels=req.return_pixels, lora_async_steps=approx.lora_async_steps,
+        stale_controlnet=approx.stale_controlnet, cfg_parallel=approx.cfg_parallel)
+    if not -1 <= approx.lora_async_steps <= steps:
+        raise InvalidArgument(f"{approx.lora_async_steps} is not -1 (profile), 0 (exact) or a "
+                              f"step bound up to {steps}", field="approximations.lora_async_steps")
     if image is not None:
         init = images.init_image(image, width, height, vsf)
         if mask is not None:

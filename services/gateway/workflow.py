@@ -80,7 +80,8 @@ class WorkflowRunner:
                 f"{chosen.total_ms / 1e3:.1f} s ({chosen.wait_and_run_ms:.0f} ms queue and run, "
                 f"{chosen.load_ms:.0f} ms loading); retry later or allow more time")
         place = self.placer.place(flow.model, [c.name for c in flow.controlnets],
-                                  bool(flow.loras), chosen.replica, self._wait_limit(deadline))
+                                  bool(flow.loras), chosen.replica, self._wait_limit(deadline),
+                                  cfg_parallel=flow.cfg_parallel and flow.do_cfg)
         try:
             return self._run(flow, place, emit, deadline, is_cancelled, started, depth)
         finally:
@@ -153,7 +154,12 @@ class WorkflowRunner:
             loras=[denoiser_pb2.LoraAttachment(
                 name=lo.name, scale=lo.scale, address=place.lora_cache.address)
                 for lo in flow.loras] if place.lora_cache else [],
-            peer=vae_peer, preview_every=1 if flow.preview else 0)
+            peer=vae_peer, preview_every=1 if flow.preview else 0,
+            lora_async_steps=flow.lora_async_steps, stale_controlnet=flow.stale_controlnet,
+            cfg_partner=denoiser_pb2.CfgPartner(
+                address=place.cfg_partner.address,
+                peer=peer_of(place.cfg_partner, self.inline_max_bytes))
+            if place.cfg_partner is not None else None)
         result = self._denoise(flow, place, request, vae, emit, deadline, is_cancelled)
         depth.leave("denoiser", flow.model)
         for c in flow.controlnets:
@@ -171,6 +177,10 @@ class WorkflowRunner:
             "denoise_queue_ms": f"{result.queue_ms:.1f}", "denoise_run_ms": f"{result.run_ms:.1f}",
             "denoise_batch_peak": str(result.batch_peak),
             "total_ms": f"{(time.monotonic() - started) * 1e3:.1f}"}
+        if place.cfg_partner is not None:
+            metadata["cfg_partner"] = place.cfg_partner.replica_id
+        if flow.loras:
+            metadata["lora_joined_step"] = str(result.lora_joined_step)
         return Outcome(pixels=pixels, png=images.to_png(pixels), metadata=metadata)
 
     def _denoise(self, flow: Workflow, place: Placement, request: denoiser_pb2.DenoiseRequest,
