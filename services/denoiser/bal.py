@@ -94,7 +94,7 @@ class BalProfiles:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        self._cache: dict[tuple[str, str], BalProfile | None] = {}
+        self._cache: dict[tuple[str, str], BalProfile] = {}
 
     def path(self, model: str, lora: str) -> Path:
         return self.folder / f"{_file_stem(model, lora)}.json"
@@ -110,17 +110,17 @@ class BalProfiles:
         return path
 
     def get(self, model: str, lora: str) -> BalProfile | None:
+        """The stored profile; a missing one is looked for again next time."""
         key = (model, lora)
-        if key not in self._cache:
+        if self._cache.get(key) is None:
             path = self.path(model, lora)
-            profile = None
-            if path.is_file():
-                data = json.loads(path.read_text())
-                profile = BalProfile(model=data["model"], lora=data["lora"],
-                                     steps=int(data["steps"]),
-                                     similarity=[float(s) for s in data["similarity"]],
-                                     threshold=float(data.get("threshold", SIMILARITY_THRESHOLD)))
-            self._cache[key] = profile
+            if not path.is_file():
+                return None
+            data = json.loads(path.read_text())
+            self._cache[key] = BalProfile(
+                model=data["model"], lora=data["lora"], steps=int(data["steps"]),
+                similarity=[float(s) for s in data["similarity"]],
+                threshold=float(data.get("threshold", SIMILARITY_THRESHOLD)))
         return self._cache[key]
 
     def bound(self, requested: int, model: str, loras: list[str], steps: int) -> int:

@@ -1,0 +1,81 @@
+"""Running requests through a denoiser engine in this process, without gRPC.
+
+For the BAL profile command, the benchmarks and the tests: the same engine,
+step loop and pipeline math as the service, fed directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import torch
+from safetensors import safe_open
+
+from services.common.model_store import ModelStore
+from services.denoiser.bal import LoraLayers
+from services.denoiser.controlnet_set import ControlNetSet, StepLink
+from services.denoiser.engine import DenoiserEngine
+from services.denoiser.job import DenoiseJob, ErrorEvent, FinalEvent, StepEvent
+from services.denoiser.lora_patch import parse_lora
+
+EVENT_TIMEOUT_S = 600.0
+
+
+def encode_prompts(store: ModelStore, model: str, prompts: list[str]) -> list[torch.Tensor]:
+    """``[1, tokens, dim]`` per prompt, as the text encoder service computes them."""
+    tokenizer, encoder = store.load_text_encoder(model)
+    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                       truncation=True, return_tensors="pt")
+    mask = tokens.attention_mask if getattr(encoder.config, "use_attention_mask", False) else None
+    with torch.inference_mode():
+        embeds = encoder(tokens.input_ids, attention_mask=mask)[0]
+    return [embeds[i:i + 1].clone() for i in range(len(prompts))]
+
+
+def read_lora_layers(store: ModelStore, names: list[str]) -> LoraLayers:
+    """Each LoRA's layers, read straight from its file."""
+    layers: LoraLayers = {}
+    for name in names:
+        with safe_open(str(store.lora_path(name)), framework="pt") as f:
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+            metadata = dict(f.metadata() or {})
+        layers[name] = parse_lora(tensors, metadata)
+    return layers
+
+
+def ready(layers: LoraLayers) -> Future[LoraLayers]:
+    future: Future[LoraLayers] = Future()
+    future.set_result(layers)
+    return future
+
+
+def join_at(layers: LoraLayers, step: int
+            ) -> tuple[Future[LoraLayers], Callable[[StepEvent], None]]:
+    """A loading future that completes once ``step`` steps are done (use ``step`` as the BAL
+    bound too, and the LoRAs join exactly at step ``step``); and the step callback for
+    :func:`run` that completes it."""
+    future: Future[LoraLayers] = Future()
+    if step <= 0:
+        future.set_result(layers)
+
+    def on_step(event: StepEvent) -> None:
+        if event.step >= step and not future.done():
+            future.set_result(layers)
+    return future, on_step
+
+
+def run(engine: DenoiserEngine, job: DenoiseJob, links: list[StepLink] | None = None,
+        loras: Future[LoraLayers] | None = None, bound: int = 0,
+        on_step: Callable[[StepEvent], None] | None = None) -> FinalEvent:
+    """Submits ``job`` and waits for its end; ``on_step`` sees each step's event (with the
+    latents when ``job.preview_every`` is 1)."""
+    engine.submit(job, ControlNetSet(links or [], 0, job.stale_controlnet), loras, bound)
+    while True:
+        event = job.events.get(timeout=EVENT_TIMEOUT_S)
+        if isinstance(event, StepEvent) and on_step is not None:
+            on_step(event)
+        elif isinstance(event, FinalEvent):
+            return event
+        elif isinstance(event, ErrorEvent):
+            raise event.error

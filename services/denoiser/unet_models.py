@@ -1,0 +1,34 @@
+"""Loading UNets for the step loop: weights, pipeline facts, LoRA patcher, split forward."""
+
+from __future__ import annotations
+
+import torch
+
+from services.common.errors import FailedPrecondition
+from services.common.loaded_models import LoadedModels
+from services.common.model_store import ModelStore
+from services.denoiser.cuda_graphs import GraphedHalves
+from services.denoiser.lora_patch import LoraPatcher
+from services.denoiser.request_state import ModelInfo
+from services.denoiser.step_batch import Halves, LoadedUnet
+from services.denoiser.unet_halves import UnetHalves, check_supported
+
+
+def unet_loader(store: ModelStore, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                cuda_graphs: bool = False) -> LoadedModels[LoadedUnet]:
+    def load(name: str) -> LoadedUnet:
+        unet = store.load_unet(name, dtype=dtype).to(device)
+        try:
+            check_supported(unet)
+        except ValueError as exc:
+            raise FailedPrecondition(f"{name}: {exc}", field="model") from exc
+        vae_blocks = len(store.vae_block_channels(name))
+        info = ModelInfo(scheduler_config=store.scheduler_config(name),
+                         vae_scaling_factor=store.vae_scaling_factor(name),
+                         vae_scale_factor=2 ** (vae_blocks - 1),
+                         in_channels=unet.config.in_channels, device=device, dtype=dtype)
+        halves: Halves = UnetHalves(unet)
+        if cuda_graphs and torch.device(device).type == "cuda":
+            halves = GraphedHalves(UnetHalves(unet))
+        return LoadedUnet(unet, info, LoraPatcher(unet), halves)
+    return LoadedModels(load)
