@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from diffusion.v1 import tensor_pb2 as diffusion_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64iffusion/v1/denoiser.proto\x12\x0c\x64iffusion.v1\x1a\x19\x64iffusion/v1/tensor.proto\"\xc5\x01\n\x14\x43ontrolNetAttachment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\ncond_image\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05scale\x18\x04 \x01(\x02\x12\x16\n\x0eguidance_start\x18\x05 \x01(\x02\x12\x14\n\x0cguidance_end\x18\x06 \x01(\x02\x12$\n\x04peer\x18\x07 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\">\n\x0eLoraAttachment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x02\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"\xa4\x05\n\x0e\x44\x65noiseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12.\n\rprompt_embeds\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x16negative_prompt_embeds\x18\x04 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12\x1b\n\x13num_inference_steps\x18\x07 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x08 \x01(\x02\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x10\n\x08strength\x18\n \x01(\x01\x12.\n\rimage_moments\x18\x0b \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12%\n\x04mask\x18\x0c \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x35\n\x14masked_image_moments\x18\r \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x0b\x63ontrolnets\x18\x0e \x03(\x0b\x32\".diffusion.v1.ControlNetAttachment\x12+\n\x05loras\x18\x0f \x03(\x0b\x32\x1c.diffusion.v1.LoraAttachment\x12$\n\x04peer\x18\x10 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\x12\x15\n\rpreview_every\x18\x11 \x01(\r\x12\x18\n\x10lora_async_steps\x18\x12 \x01(\x05\x12\x18\n\x10stale_controlnet\x18\x13 \x01(\x08\x12-\n\x0b\x63\x66g_partner\x18\x14 \x01(\x0b\x32\x18.diffusion.v1.CfgPartner\"C\n\nCfgPartner\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12$\n\x04peer\x18\x02 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\"f\n\x0f\x44\x65noiseProgress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12\x30\n\x0fpreview_latents\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\"\x98\x01\n\rDenoiseResult\x12(\n\x07latents\x18\x01 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x0e\n\x06run_ms\x18\x04 \x01(\x01\x12\x12\n\nbatch_peak\x18\x05 \x01(\r\x12\x18\n\x10lora_joined_step\x18\x06 \x01(\r\"y\n\x0c\x44\x65noiseEvent\x12\x31\n\x08progress\x18\x01 \x01(\x0b\x32\x1d.diffusion.v1.DenoiseProgressH\x00\x12-\n\x06result\x18\x02 \x01(\x0b\x32\x1b.diffusion.v1.DenoiseResultH\x00\x42\x07\n\x05\x65vent\"*\n\x14\x44\x65noiseCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"*\n\x15\x44\x65noiseCancelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\x87\x02\n\x0b\x43\x66gPassOpen\x12\r\n\x05model\x18\x01 \x01(\t\x12.\n\rprompt_embeds\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x0b\x63ontrolnets\x18\x03 \x03(\x0b\x32\".diffusion.v1.ControlNetAttachment\x12+\n\x05loras\x18\x04 \x03(\x0b\x32\x1c.diffusion.v1.LoraAttachment\x12$\n\x04peer\x18\x05 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\x12\x18\n\x10stale_controlnet\x18\x06 \x01(\x08\x12\x13\n\x0btotal_steps\x18\x07 \x01(\r\"\xa0\x01\n\x0b\x43\x66gPassStep\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\'\n\x06sample\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x10\n\x08timestep\x18\x03 \x01(\x01\x12\x19\n\x11\x63ontrolnet_scales\x18\x04 \x03(\x02\x12\x12\n\nwith_loras\x18\x05 \x01(\x08\x12\x19\n\x11release_lease_ids\x18\x06 \x03(\t\"\x85\x01\n\x0e\x43\x66gPassRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x04open\x18\x02 \x01(\x0b\x32\x19.diffusion.v1.CfgPassOpenH\x00\x12)\n\x04step\x18\x03 \x01(\x0b\x32\x19.diffusion.v1.CfgPassStepH\x00\x42\t\n\x07message\"g\n\x0f\x43\x66gPassResponse\x12\x0c\n\x04step\x18\x01 \x01(\r\x12+\n\nnoise_pred\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x19\n\x11release_lease_ids\x18\x03 \x03(\t2\xf0\x01\n\x08\x44\x65noiser\x12\x45\n\x07\x44\x65noise\x12\x1c.diffusion.v1.DenoiseRequest\x1a\x1a.diffusion.v1.DenoiseEvent0\x01\x12Q\n\x06\x43\x61ncel\x12\".diffusion.v1.DenoiseCancelRequest\x1a#.diffusion.v1.DenoiseCancelResponse\x12J\n\x07\x43\x66gPass\x12\x1c.diffusion.v1.CfgPassRequest\x1a\x1d.diffusion.v1.CfgPassResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64iffusion/v1/denoiser.proto\x12\x0c\x64iffusion.v1\x1a\x19\x64iffusion/v1/tensor.proto\"\xc5\x01\n\x14\x43ontrolNetAttachment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\ncond_image\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05scale\x18\x04 \x01(\x02\x12\x16\n\x0eguidance_start\x18\x05 \x01(\x02\x12\x14\n\x0cguidance_end\x18\x06 \x01(\x02\x12$\n\x04peer\x18\x07 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\">\n\x0eLoraAttachment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x02\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"\xdb\x05\n\x0e\x44\x65noiseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12.\n\rprompt_embeds\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x16negative_prompt_embeds\x18\x04 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12\x1b\n\x13num_inference_steps\x18\x07 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x08 \x01(\x02\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x10\n\x08strength\x18\n \x01(\x01\x12.\n\rimage_moments\x18\x0b \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12%\n\x04mask\x18\x0c \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x35\n\x14masked_image_moments\x18\r \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x0b\x63ontrolnets\x18\x0e \x03(\x0b\x32\".diffusion.v1.ControlNetAttachment\x12+\n\x05loras\x18\x0f \x03(\x0b\x32\x1c.diffusion.v1.LoraAttachment\x12$\n\x04peer\x18\x10 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\x12\x15\n\rpreview_every\x18\x11 \x01(\r\x12\x18\n\x10lora_async_steps\x18\x12 \x01(\x05\x12\x18\n\x10stale_controlnet\x18\x13 \x01(\x08\x12-\n\x0b\x63\x66g_partner\x18\x14 \x01(\x0b\x32\x18.diffusion.v1.CfgPartner\x12\x35\n\rtemplate_edit\x18\x1e \x01(\x0b\x32\x1e.diffusion.v1.TemplateEditSpec\"\xea\x01\n\x10TemplateEditSpec\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\x12\x18\n\x10\x61\x63tivation_cache\x18\x02 \x01(\x08\x12\x0e\n\x06record\x18\x03 \x01(\x08\x12.\n\rprompt_embeds\x18\x04 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x16negative_prompt_embeds\x18\x05 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12.\n\rimage_moments\x18\x06 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\"C\n\nCfgPartner\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12$\n\x04peer\x18\x02 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\"f\n\x0f\x44\x65noiseProgress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12\x30\n\x0fpreview_latents\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\"\xc0\x01\n\rDenoiseResult\x12(\n\x07latents\x18\x01 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x0e\n\x06run_ms\x18\x04 \x01(\x01\x12\x12\n\nbatch_peak\x18\x05 \x01(\r\x12\x18\n\x10lora_joined_step\x18\x06 \x01(\r\x12\x13\n\x0b\x63\x61\x63he_bytes\x18\x1e \x01(\x04\x12\x11\n\tedit_mode\x18\x1f \x01(\t\"y\n\x0c\x44\x65noiseEvent\x12\x31\n\x08progress\x18\x01 \x01(\x0b\x32\x1d.diffusion.v1.DenoiseProgressH\x00\x12-\n\x06result\x18\x02 \x01(\x0b\x32\x1b.diffusion.v1.DenoiseResultH\x00\x42\x07\n\x05\x65vent\"*\n\x14\x44\x65noiseCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"*\n\x15\x44\x65noiseCancelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\x87\x02\n\x0b\x43\x66gPassOpen\x12\r\n\x05model\x18\x01 \x01(\t\x12.\n\rprompt_embeds\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x0b\x63ontrolnets\x18\x03 \x03(\x0b\x32\".diffusion.v1.ControlNetAttachment\x12+\n\x05loras\x18\x04 \x03(\x0b\x32\x1c.diffusion.v1.LoraAttachment\x12$\n\x04peer\x18\x05 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\x12\x18\n\x10stale_controlnet\x18\x06 \x01(\x08\x12\x13\n\x0btotal_steps\x18\x07 \x01(\r\"\xa0\x01\n\x0b\x43\x66gPassStep\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\'\n\x06sample\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x10\n\x08timestep\x18\x03 \x01(\x01\x12\x19\n\x11\x63ontrolnet_scales\x18\x04 \x03(\x02\x12\x12\n\nwith_loras\x18\x05 \x01(\x08\x12\x19\n\x11release_lease_ids\x18\x06 \x03(\t\"\x85\x01\n\x0e\x43\x66gPassRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x04open\x18\x02 \x01(\x0b\x32\x19.diffusion.v1.CfgPassOpenH\x00\x12)\n\x04step\x18\x03 \x01(\x0b\x32\x19.diffusion.v1.CfgPassStepH\x00\x42\t\n\x07message\"g\n\x0f\x43\x66gPassResponse\x12\x0c\n\x04step\x18\x01 \x01(\r\x12+\n\nnoise_pred\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x19\n\x11release_lease_ids\x18\x03 \x03(\t2\xf0\x01\n\x08\x44\x65noiser\x12\x45\n\x07\x44\x65noise\x12\x1c.diffusion.v1.DenoiseRequest\x1a\x1a.diffusion.v1.DenoiseEvent0\x01\x12Q\n\x06\x43\x61ncel\x12\".diffusion.v1.DenoiseCancelRequest\x1a#.diffusion.v1.DenoiseCancelResponse\x12J\n\x07\x43\x66gPass\x12\x1c.diffusion.v1.CfgPassRequest\x1a\x1d.diffusion.v1.CfgPassResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,27 +37,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LORAATTACHMENT']._serialized_start=272
   _globals['_LORAATTACHMENT']._serialized_end=334
   _globals['_DENOISEREQUEST']._serialized_start=337
-  _globals['_DENOISEREQUEST']._serialized_end=1013
-  _globals['_CFGPARTNER']._serialized_start=1015
-  _globals['_CFGPARTNER']._serialized_end=1082
-  _globals['_DENOISEPROGRESS']._serialized_start=1084
-  _globals['_DENOISEPROGRESS']._serialized_end=1186
-  _globals['_DENOISERESULT']._serialized_start=1189
-  _globals['_DENOISERESULT']._serialized_end=1341
-  _globals['_DENOISEEVENT']._serialized_start=1343
-  _globals['_DENOISEEVENT']._serialized_end=1464
-  _globals['_DENOISECANCELREQUEST']._serialized_start=1466
-  _globals['_DENOISECANCELREQUEST']._serialized_end=1508
-  _globals['_DENOISECANCELRESPONSE']._serialized_start=1510
-  _globals['_DENOISECANCELRESPONSE']._serialized_end=1552
-  _globals['_CFGPASSOPEN']._serialized_start=1555
-  _globals['_CFGPASSOPEN']._serialized_end=1818
-  _globals['_CFGPASSSTEP']._serialized_start=1821
-  _globals['_CFGPASSSTEP']._serialized_end=1981
-  _globals['_CFGPASSREQUEST']._serialized_start=1984
-  _globals['_CFGPASSREQUEST']._serialized_end=2117
-  _globals['_CFGPASSRESPONSE']._serialized_start=2119
-  _globals['_CFGPASSRESPONSE']._serialized_end=2222
-  _globals['_DENOISER']._serialized_start=2225
-  _globals['_DENOISER']._serialized_end=2465
+  _globals['_DENOISEREQUEST']._serialized_end=1068
+  _globals['_TEMPLATEEDITSPEC']._serialized_start=1071
+  _globals['_TEMPLATEEDITSPEC']._serialized_end=1305
+  _globals['_CFGPARTNER']._serialized_start=1307
+  _globals['_CFGPARTNER']._serialized_end=1374
+  _globals['_DENOISEPROGRESS']._serialized_start=1376
+  _globals['_DENOISEPROGRESS']._serialized_end=1478
+  _globals['_DENOISERESULT']._serialized_start=1481
+  _globals['_DENOISERESULT']._serialized_end=1673
+  _globals['_DENOISEEVENT']._serialized_start=1675
+  _globals['_DENOISEEVENT']._serialized_end=1796
+  _globals['_DENOISECANCELREQUEST']._serialized_start=1798
+  _globals['_DENOISECANCELREQUEST']._serialized_end=1840
+  _globals['_DENOISECANCELRESPONSE']._serialized_start=1842
+  _globals['_DENOISECANCELRESPONSE']._serialized_end=1884
+  _globals['_CFGPASSOPEN']._serialized_start=1887
+  _globals['_CFGPASSOPEN']._serialized_end=2150
+  _globals['_CFGPASSSTEP']._serialized_start=2153
+  _globals['_CFGPASSSTEP']._serialized_end=2313
+  _globals['_CFGPASSREQUEST']._serialized_start=2316
+  _globals['_CFGPASSREQUEST']._serialized_end=2449
+  _globals['_CFGPASSRESPONSE']._serialized_start=2451
+  _globals['_CFGPASSRESPONSE']._serialized_end=2554
+  _globals['_DENOISER']._serialized_start=2557
+  _globals['_DENOISER']._serialized_end=2797
 # @@protoc_insertion_point(module_scope)

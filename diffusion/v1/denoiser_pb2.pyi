@@ -36,7 +36,7 @@ class LoraAttachment(_message.Message):
     def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ..., address: _Optional[str] = ...) -> None: ...
 
 class DenoiseRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt_embeds", "negative_prompt_embeds", "width", "height", "num_inference_steps", "guidance_scale", "seed", "strength", "image_moments", "mask", "masked_image_moments", "controlnets", "loras", "peer", "preview_every", "lora_async_steps", "stale_controlnet", "cfg_partner")
+    __slots__ = ("request_id", "model", "prompt_embeds", "negative_prompt_embeds", "width", "height", "num_inference_steps", "guidance_scale", "seed", "strength", "image_moments", "mask", "masked_image_moments", "controlnets", "loras", "peer", "preview_every", "lora_async_steps", "stale_controlnet", "cfg_partner", "template_edit")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_EMBEDS_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class DenoiseRequest(_message.Message):
     LORA_ASYNC_STEPS_FIELD_NUMBER: _ClassVar[int]
     STALE_CONTROLNET_FIELD_NUMBER: _ClassVar[int]
     CFG_PARTNER_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_EDIT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt_embeds: _tensor_pb2.TensorRef
@@ -77,7 +78,24 @@ class DenoiseRequest(_message.Message):
     lora_async_steps: int
     stale_controlnet: bool
     cfg_partner: CfgPartner
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., negative_prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., mask: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., masked_image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetAttachment, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[LoraAttachment, _Mapping]]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., preview_every: _Optional[int] = ..., lora_async_steps: _Optional[int] = ..., stale_controlnet: _Optional[bool] = ..., cfg_partner: _Optional[_Union[CfgPartner, _Mapping]] = ...) -> None: ...
+    template_edit: TemplateEditSpec
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., negative_prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., mask: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., masked_image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetAttachment, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[LoraAttachment, _Mapping]]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., preview_every: _Optional[int] = ..., lora_async_steps: _Optional[int] = ..., stale_controlnet: _Optional[bool] = ..., cfg_partner: _Optional[_Union[CfgPartner, _Mapping]] = ..., template_edit: _Optional[_Union[TemplateEditSpec, _Mapping]] = ...) -> None: ...
+
+class TemplateEditSpec(_message.Message):
+    __slots__ = ("template_id", "activation_cache", "record", "prompt_embeds", "negative_prompt_embeds", "image_moments")
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_CACHE_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_EMBEDS_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_PROMPT_EMBEDS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_MOMENTS_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    activation_cache: bool
+    record: bool
+    prompt_embeds: _tensor_pb2.TensorRef
+    negative_prompt_embeds: _tensor_pb2.TensorRef
+    image_moments: _tensor_pb2.TensorRef
+    def __init__(self, template_id: _Optional[str] = ..., activation_cache: _Optional[bool] = ..., record: _Optional[bool] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., negative_prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ...) -> None: ...
 
 class CfgPartner(_message.Message):
     __slots__ = ("address", "peer")
@@ -98,20 +116,24 @@ class DenoiseProgress(_message.Message):
     def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., preview_latents: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ...) -> None: ...
 
 class DenoiseResult(_message.Message):
-    __slots__ = ("latents", "steps", "queue_ms", "run_ms", "batch_peak", "lora_joined_step")
+    __slots__ = ("latents", "steps", "queue_ms", "run_ms", "batch_peak", "lora_joined_step", "cache_bytes", "edit_mode")
     LATENTS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     RUN_MS_FIELD_NUMBER: _ClassVar[int]
     BATCH_PEAK_FIELD_NUMBER: _ClassVar[int]
     LORA_JOINED_STEP_FIELD_NUMBER: _ClassVar[int]
+    CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EDIT_MODE_FIELD_NUMBER: _ClassVar[int]
     latents: _tensor_pb2.TensorRef
     steps: int
     queue_ms: float
     run_ms: float
     batch_peak: int
     lora_joined_step: int
-    def __init__(self, latents: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., steps: _Optional[int] = ..., queue_ms: _Optional[float] = ..., run_ms: _Optional[float] = ..., batch_peak: _Optional[int] = ..., lora_joined_step: _Optional[int] = ...) -> None: ...
+    cache_bytes: int
+    edit_mode: str
+    def __init__(self, latents: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., steps: _Optional[int] = ..., queue_ms: _Optional[float] = ..., run_ms: _Optional[float] = ..., batch_peak: _Optional[int] = ..., lora_joined_step: _Optional[int] = ..., cache_bytes: _Optional[int] = ..., edit_mode: _Optional[str] = ...) -> None: ...
 
 class DenoiseEvent(_message.Message):
     __slots__ = ("progress", "result")

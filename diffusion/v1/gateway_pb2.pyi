@@ -223,18 +223,26 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class RegisterTemplateRequest(_message.Message):
-    __slots__ = ("request_id", "model", "image", "prompt", "warm_up")
+    __slots__ = ("request_id", "model", "image", "prompt", "warm_up", "seed", "num_inference_steps", "guidance_scale", "has_guidance_scale")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     WARM_UP_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    NUM_INFERENCE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    HAS_GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     image: ImageInput
     prompt: str
     warm_up: bool
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., image: _Optional[_Union[ImageInput, _Mapping]] = ..., prompt: _Optional[str] = ..., warm_up: _Optional[bool] = ...) -> None: ...
+    seed: int
+    num_inference_steps: int
+    guidance_scale: float
+    has_guidance_scale: bool
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., image: _Optional[_Union[ImageInput, _Mapping]] = ..., prompt: _Optional[str] = ..., warm_up: _Optional[bool] = ..., seed: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., has_guidance_scale: _Optional[bool] = ...) -> None: ...
 
 class RegisterTemplateResponse(_message.Message):
     __slots__ = ("template_id", "cache_bytes")

@@ -11,11 +11,13 @@ from services.common.model_store import ModelStore
 from services.common.server import Heartbeat, ServiceRuntime, init_process, serve
 from services.common.settings import parse_settings
 from services.denoiser.bal import BalProfiles
+from services.denoiser.edit_work import EditBatchRunner
 from services.denoiser.engine import DenoiserEngine
 from services.denoiser.lora_loader import LoraDeviceCache, LoraLoader, service_fetch
 from services.denoiser.servicer import DenoiserServicer
 from services.denoiser.settings import DenoiserSettings
 from services.denoiser.step_batch import LoadedUnet
+from services.denoiser.template_editing import TemplateEditor
 from services.denoiser.unet_models import unet_loader
 
 ROLE = "denoiser"
@@ -31,7 +33,9 @@ def main(argv: list[str] | None = None) -> None:
         store.pipeline(name)
         return unets.get(name)
 
-    engine = DenoiserEngine(load, settings.max_batch_requests, settings.parallel_controlnet)
+    editor = TemplateEditor(settings.edit_settings())
+    engine = DenoiserEngine(load, settings.max_batch_requests, settings.parallel_controlnet,
+                            EditBatchRunner(editor))
     profiles = BalProfiles(settings.profiles_dir or Path(settings.models_dir) / "profiles")
     cache = LoraDeviceCache(settings.lora_device_budget_mb << 20)
 
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         loader = LoraLoader(service_fetch(runtime.channels, runtime.importer), cache,
                             settings.device, settings.lora_load_threads)
         denoiser_pb2_grpc.add_DenoiserServicer_to_server(
-            DenoiserServicer(engine, runtime, loader, profiles), server)
+            DenoiserServicer(engine, runtime, loader, profiles, editor), server)
         return ["diffusion.v1.Denoiser"]
 
     serve(ROLE, settings, add, Heartbeat(models=unets.names, loras=cache.names, load=engine.load))

@@ -41,8 +41,12 @@ __all__ = ["DenoiserEngine", "LoadedUnet"]
 
 class DenoiserEngine:
     def __init__(self, load_unet: Callable[[str], LoadedUnet], max_batch_requests: int = 8,
-                 parallel_controlnet: bool = True) -> None:
+                 parallel_controlnet: bool = True,
+                 runner: Callable[[LoadedUnet, list[StepWork], bool], list[bool]] = run_batch
+                 ) -> None:
+        """``runner`` runs one batch (:func:`run_batch`, or one that also serves edits)."""
         self.load_unet = load_unet
+        self.runner = runner
         self.max_batch_requests = max_batch_requests
         self.parallel_controlnet = parallel_controlnet
         self._pending: list[StepWork] = []
@@ -143,8 +147,8 @@ class DenoiserEngine:
                 for work in group:
                     work.last_batch = len(group)
                 try:
-                    completed = run_batch(self.load_unet(group[0].model), group,
-                                          self.parallel_controlnet)
+                    completed = self.runner(self.load_unet(group[0].model), group,
+                                            self.parallel_controlnet)
                 except Exception as exc:  # noqa: BLE001 - reported to each work in the batch
                     if not isinstance(exc, FleetError):
                         log.exception("batch failed")

@@ -23,6 +23,7 @@ from services.denoiser.cfg_link import CfgPartnerLink
 from services.denoiser.cfg_pass import PassStep, PassWork
 from services.denoiser.controlnet_link import ControlNetLink
 from services.denoiser.controlnet_set import ControlNetSet, StepLink
+from services.denoiser.edit_work import submit_edit
 from services.denoiser.engine import DenoiserEngine
 from services.denoiser.job import (
     CfgPartnerSpec,
@@ -35,6 +36,7 @@ from services.denoiser.job import (
 )
 from services.denoiser.lora_loader import LoraLoader
 from services.denoiser.request_state import RequestState
+from services.denoiser.template_editing import TemplateEdit, TemplateEditor
 from services.denoiser.work import CfgPartner
 
 EVENT_POLL_S = 0.5
@@ -42,8 +44,9 @@ EVENT_POLL_S = 0.5
 
 class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
     def __init__(self, engine: DenoiserEngine, runtime: ServiceRuntime, loader: LoraLoader,
-                 profiles: BalProfiles) -> None:
+                 profiles: BalProfiles, editor: TemplateEditor | None = None) -> None:
         self.engine = engine
+        self.editor = editor
         self.runtime = runtime
         self.loader = loader
         self.profiles = profiles
@@ -67,7 +70,10 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
             bound = self.profiles.bound(job.lora_async_steps, job.model,
                                         [spec.name for spec in job.loras],
                                         job.num_inference_steps)
-            self.engine.submit(job, controls, loras, bound, self._partner(job, context))
+            if job.edit is not None and self.editor is not None:
+                submit_edit(self.engine, self.editor, job, controls)
+            else:
+                self.engine.submit(job, controls, loras, bound, self._partner(job, context))
         except Exception:
             controls.close()
             raise
@@ -165,7 +171,9 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
                 yield denoiser_pb2.DenoiseEvent(result=denoiser_pb2.DenoiseResult(
                     latents=export(event.latents.cpu(), request.peer, request_id=job.request_id),
                     steps=event.steps, queue_ms=event.queue_ms, run_ms=event.run_ms,
-                    batch_peak=event.batch_peak, lora_joined_step=event.lora_step or 0))
+                    batch_peak=event.batch_peak, lora_joined_step=event.lora_step or 0,
+                    cache_bytes=job.edit.cache_bytes if job.edit is not None else 0,
+                    edit_mode=job.edit.mode if job.edit is not None else ""))
                 return
             elif isinstance(event, ErrorEvent):
                 raise event.error
@@ -223,7 +231,22 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
             preview_every=request.preview_every,
             deadline=(time.monotonic() + remaining) if remaining is not None else None,
             lora_async_steps=request.lora_async_steps,
-            stale_controlnet=request.stale_controlnet, cfg_partner=partner)
+            stale_controlnet=request.stale_controlnet, cfg_partner=partner,
+            edit=self._template_edit(request))
+
+    def _template_edit(self, request: denoiser_pb2.DenoiseRequest) -> TemplateEdit | None:
+        if not request.HasField("template_edit"):
+            return None
+        spec = request.template_edit
+        if not spec.template_id:
+            raise InvalidArgument("a template edit names its template",
+                                  field="template_edit.template_id")
+        return TemplateEdit(
+            spec.template_id, activation_cache=spec.activation_cache, record=spec.record,
+            prompt_embeds=self._load(spec.prompt_embeds, "template_edit.prompt_embeds"),
+            negative_prompt_embeds=self._load(spec.negative_prompt_embeds,
+                                              "template_edit.negative_prompt_embeds"),
+            image_moments=self._load(spec.image_moments, "template_edit.image_moments"))
 
     def _links(self, request_id: str, specs: list[ControlNetSpec], rows: torch.Tensor,
                context: grpc.ServicerContext) -> list[StepLink]:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from services.common.settings import ServiceSettings, setting
+from services.denoiser.activation_cache import CacheSettings
+from services.denoiser.template_editing import EditSettings
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -28,6 +30,18 @@ class DenoiserSettings(ServiceSettings):
     lora_load_threads: int = setting("threads fetching LoRAs in the background", default=2)
     profiles_dir: str = setting("BAL profiles folder; default: <models_dir>/profiles",
                                 default="")
+    activation_dir: str = setting(
+        "template activation cache folder, shared by the node's denoisers (host memory "
+        "when on tmpfs)", default="/dev/shm/dfleet-activations")
+    activation_budget_mb: int = setting("bytes of template activations kept there, MiB",
+                                        default=4096)
+    activation_spill_dir: str = setting("local-disk folder for evicted template activations; "
+                                        "empty = drop them", default="")
+    activation_spill_mb: int = setting("bytes of spilled template activations, MiB",
+                                       default=32768)
+    activation_dtype: str = setting("dtype of cached activations: float16, float32, bfloat16",
+                                    default="float16")
+    edit_halo: int = setting("latent tokens recomputed around an edit's mask", default=1)
 
     def validate(self) -> None:
         super().validate()
@@ -40,9 +54,16 @@ class DenoiserSettings(ServiceSettings):
         if self.lora_device_budget_mb <= 0:
             raise ValueError(f"lora_device_budget_mb={self.lora_device_budget_mb} must be "
                              "positive")
+        self.edit_settings().validate()
         if self.lora_load_threads < 1:
             raise ValueError(f"lora_load_threads={self.lora_load_threads} must be >= 1")
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    def edit_settings(self) -> EditSettings:
+        return EditSettings(cache=CacheSettings(
+            memory_dir=self.activation_dir, memory_bytes=self.activation_budget_mb << 20,
+            spill_dir=self.activation_spill_dir, spill_bytes=self.activation_spill_mb << 20,
+            dtype=self.activation_dtype), halo=self.edit_halo)
