@@ -5,7 +5,9 @@ attainment per rate and the highest rate keeping the target); the p95 latency
 at one fixed rate; attainment under on/off bursts of 4x and 8x a base rate.
 SLOs are ``--slo-scale`` times the baseline's latency of each workflow alone,
 and the rates are multiples of the baseline's estimated capacity (CPUs over the
-mean latency alone), so both systems get the same SLOs and the same rates.
+mean latency alone), so both systems get the same SLOs and the same rates. Both
+systems stay up together and take turns at each rate, so that other work on the
+machine falls on both alike.
 
 Both systems get the same CPUs: the benchmark pins itself (and so every
 process it starts, the load generator included) to the first ``--cpus`` CPUs,
@@ -23,25 +25,23 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.baseline_process import BaselineProcess
 from bench.serving_report import SystemReport, format_table, ratio_rows, write_sweep_plot
+from bench.serving_systems import Target, running, solo_latencies
 from loadgen.arrivals import ArrivalSpec
 from loadgen.plots import write_run_plots
-from loadgen.records import OK, write_records
+from loadgen.records import write_records
 from loadgen.runner import RunOptions, RunResult, run_load
-from loadgen.schedule import ScheduledRequest, ScheduleSpec, build_schedule
+from loadgen.schedule import ScheduleSpec, build_schedule
 from loadgen.summary import summarize
-from loadgen.sweep import run_sweep
+from loadgen.sweep import SweepPoint
 from loadgen.workload import WorkloadSpec
 
 TARGET = 0.9
@@ -66,6 +66,7 @@ class ServingSettings:
     burst_off_s: float = 6.0
     burst_duration_s: float = 16.0
     solo_repeats: int = 3
+    sweep_budget_s: float = 420.0  # both systems' sweeps together; later rates are skipped
     mix: dict[str, float] = field(default_factory=lambda: {
         "txt2img": 0.3, "controlnet": 0.2, "lora": 0.4, "edit": 0.1})
     systems: tuple[str, ...] = ("baseline", "fleet")
@@ -84,90 +85,111 @@ def model_tree(settings: ServingSettings) -> Path:
     return root
 
 
-@contextlib.contextmanager
-def running(name: str, models: Path, settings: ServingSettings,
-            logs: Path) -> Iterator[tuple[str, str]]:
-    """Starts a system; yields (gateway address, Redis URL or "")."""
-    logs.mkdir(parents=True, exist_ok=True)
-    if name == "baseline":
-        with BaselineProcess(models, workers=settings.cpus, threads=1,
-                             log_path=logs / "baseline.log") as server:
-            yield server.address, ""
-        return
-    from dfleet.local_fleet import LocalFleet  # the lead's launcher; absent means no fleet run
+@dataclass
+class Plan:
+    """What every system is measured on, calibrated on the baseline."""
 
-    with LocalFleet(str(models), state_dir=str(logs / "fleet"),
-                    env=dict(settings.fleet_env)) as fleet:
-        yield fleet.gateway_address, fleet.redis_url
+    spec: ScheduleSpec
+    rates: list[float]
+    fixed_rate: float
+    burst_base_rate: float
+    capacity: float
 
 
-def solo_latencies(address: str, work: WorkloadSpec, repeats: int) -> dict[str, float]:
-    """Median latency of each workflow with nothing else running (one warm-up each)."""
-    requests: list[ScheduledRequest] = []
-    for workflow in work.mix:
-        for i in range(repeats + 1):
-            requests.append(ScheduledRequest(index=len(requests), at=0.0, workflow=workflow,
-                                             seed=i, prompt="a lighthouse, photo",
-                                             lora=work.loras[0], controlnet=work.controlnets[0],
-                                             mask_ratio=0.25, slo_s=1e9))
-    result = run_load(requests, work, RunOptions(address, concurrency=1, timeout_s=300,
-                                                 progress=False))
-    failed = [r for r in result.records if r.status != OK]
-    if failed:
-        raise RuntimeError(f"solo request failed: {failed[0].status} {failed[0].error}")
-    solo: dict[str, float] = {}
-    for workflow in work.mix:
-        mine = [r for r in result.records if r.workflow == workflow][1:]
-        solo[workflow] = statistics.median(r.finish_s - r.send_s for r in mine)  # type: ignore[operator]
-    return solo
+def calibrate(settings: ServingSettings, work: WorkloadSpec, solo: dict[str, float]) -> Plan:
+    work = replace(work, slos={w: settings.slo_scale * s for w, s in solo.items()})
+    mean_s = sum(settings.mix[w] * solo[w] for w in solo) / sum(settings.mix.values())
+    capacity = settings.cpus / mean_s
+    spec = ScheduleSpec(ArrivalSpec("poisson", rate=1.0), work, seed=settings.seed,
+                        duration=settings.duration_s)
+    return Plan(spec=spec, rates=[round(capacity * f, 3) for f in settings.rate_factors],
+                fixed_rate=round(capacity * settings.fixed_factor, 3),
+                burst_base_rate=round(capacity * settings.burst_base_factor, 3),
+                capacity=capacity)
 
 
-def save_run(result: RunResult, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_records(folder / "requests.jsonl", result.records)
-    write_run_plots(result.records, result.depth, folder)
+def measure(target: Target, spec: ScheduleSpec, label: str, out: Path) -> RunResult:
+    """One run of ``spec`` against ``target``; requests time out at 3x the largest SLO."""
+    options = RunOptions(target.address, timeout_s=3 * max(spec.workload.slos.values()),
+                         redis_url=target.redis_url, label=label)
+    result = run_load(build_schedule(spec), spec.workload, options)
+    out.mkdir(parents=True, exist_ok=True)
+    write_records(out / "requests.jsonl", result.records)
+    write_run_plots(result.records, result.depth, out)
+    return result
 
 
-def bench_system(name: str, address: str, redis_url: str, spec: ScheduleSpec,
-                 rates: list[float], fixed_rate: float, settings: ServingSettings,
-                 out: Path, solo: dict[str, float] | None = None) -> SystemReport:
-    report = SystemReport(name)
-    report.solo_s = solo or solo_latencies(address, spec.workload, settings.solo_repeats)
-    print(f"[{name}] alone: " + ", ".join(f"{w} {s:.3f}s" for w, s in report.solo_s.items()),
-          flush=True)
-    timeout = 3 * max(spec.workload.slos.values())
-    options = RunOptions(address, timeout_s=timeout, redis_url=redis_url, label=name)
-    report.sweep = run_sweep(spec, rates, options, stop_below=0.5, cooldown_s=1.0,
-                             on_point=lambda p: print(
-                                 f"[{name}] {p.rate:.3g} req/s: " + (
-                                     f"attainment {p.summary.attainment:.1%}" if p.summary
-                                     else "skipped"), flush=True))
-    for point in report.sweep:
-        if point.result is not None:
-            save_run(point.result, out / f"rate_{point.rate:.3g}")
-    fixed = next((p for p in report.sweep if p.rate == fixed_rate and p.summary), None)
-    if fixed is None:  # skipped in the sweep: run it anyway
-        rated = replace(spec, arrivals=replace(spec.arrivals, rate=fixed_rate))
-        result = run_load(build_schedule(rated), spec.workload, options)
-        save_run(result, out / f"rate_{fixed_rate:.3g}")
-        report.fixed = summarize(result.records, result.wall_s)
-    else:
-        report.fixed = fixed.summary
+def sweep(targets: dict[str, Target], reports: dict[str, SystemReport], plan: Plan,
+          settings: ServingSettings, runs: Path) -> None:
+    """Rates in increasing order, the systems taking turns at each rate, so that other load
+    on the machine falls on both alike. A system stops once its attainment falls under
+    50%; every system stops when the sweep's time budget is spent."""
+    deadline = time.monotonic() + settings.sweep_budget_s
+    active = set(targets)
+    for rate in plan.rates:
+        for name, target in targets.items():
+            if name not in active or time.monotonic() > deadline:
+                note = ("attainment collapsed at a lower rate" if name not in active
+                        else "sweep time budget spent")
+                reports[name].sweep.append(SweepPoint(rate, None, note=note))
+                continue
+            rated = replace(plan.spec, arrivals=replace(plan.spec.arrivals, rate=rate))
+            result = measure(target, rated, f"{name} {rate:.3g}/s", runs / name / f"rate_{rate:g}")
+            summary = summarize(result.records, result.wall_s)
+            reports[name].sweep.append(SweepPoint(rate, summary))
+            print(f"[{name}] {rate:.3g} req/s: attainment {summary.attainment:.1%}, "
+                  f"p95 {summary.latency.p95_s or float('nan'):.2f}s", flush=True)
+            if summary.attainment < 0.5:
+                active.discard(name)
+
+
+def fixed_and_bursts(targets: dict[str, Target], reports: dict[str, SystemReport], plan: Plan,
+                     settings: ServingSettings, runs: Path) -> None:
+    for name, target in targets.items():
+        point = next((p for p in reports[name].sweep
+                      if p.rate == plan.fixed_rate and p.summary is not None), None)
+        if point is None:  # skipped in the sweep: run it now
+            rated = replace(plan.spec, arrivals=replace(plan.spec.arrivals, rate=plan.fixed_rate))
+            result = measure(target, rated, f"{name} fixed", runs / name / "fixed")
+            reports[name].fixed = summarize(result.records, result.wall_s)
+        else:
+            reports[name].fixed = point.summary
     for factor in settings.burst_factors:
-        bursty = replace(spec, duration=settings.burst_duration_s, arrivals=ArrivalSpec(
-            "onoff", rate=fixed_rate * settings.burst_base_factor / settings.fixed_factor,
-            burst_factor=factor, on_s=settings.burst_on_s, off_s=settings.burst_off_s))
-        result = run_load(build_schedule(bursty), spec.workload,
-                          replace(options, label=f"{name} bursts {factor:g}x"))
-        save_run(result, out / f"bursts_{factor:g}x")
-        report.bursts[factor] = summarize(result.records, result.wall_s)
-        print(f"[{name}] bursts {factor:g}x: attainment {report.bursts[factor].attainment:.1%}",
-              flush=True)
-    return report
+        bursty = replace(plan.spec, duration=settings.burst_duration_s, arrivals=ArrivalSpec(
+            "onoff", rate=plan.burst_base_rate, burst_factor=factor, on_s=settings.burst_on_s,
+            off_s=settings.burst_off_s))
+        for name, target in targets.items():
+            result = measure(target, bursty, f"{name} bursts {factor:g}x",
+                             runs / name / f"bursts_{factor:g}x")
+            reports[name].bursts[factor] = summarize(result.records, result.wall_s)
+            print(f"[{name}] bursts {factor:g}x: attainment "
+                  f"{reports[name].bursts[factor].attainment:.1%}", flush=True)
 
 
-def run(settings: ServingSettings) -> dict:
+def start_systems(stack: contextlib.ExitStack, settings: ServingSettings, models: Path,
+                  runs: Path, reports: dict[str, SystemReport]) -> dict[str, Target]:
+    targets: dict[str, Target] = {}
+    for name in ("baseline", "fleet"):
+        if name not in settings.systems:
+            reports[name] = SystemReport(name, error="not requested")
+            continue
+        t0 = time.monotonic()
+        try:
+            address, redis_url = stack.enter_context(
+                running(name, models, settings.cpus, settings.fleet_env, runs / name))
+        except Exception as error:  # noqa: BLE001 - a system that cannot start is reported
+            reports[name] = SystemReport(name, error=f"{type(error).__name__}: {error}")
+            print(f"[{name}] did not start: {reports[name].error}", flush=True)
+            continue
+        targets[name] = Target(name, address, redis_url, time.monotonic() - t0)
+        reports[name] = SystemReport(name, start_s=targets[name].start_s)
+        print(f"[{name}] serving at {address} after {targets[name].start_s:.1f} s", flush=True)
+    return targets
+
+
+def run(settings: ServingSettings) -> dict[str, Any]:
     started = time.monotonic()
+    load_before = os.getloadavg()
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:settings.cpus])
     settings.out.mkdir(parents=True, exist_ok=True)
     models = model_tree(settings)
@@ -177,42 +199,34 @@ def run(settings: ServingSettings) -> dict:
                         controlnets=("tiny-cn-a", "tiny-cn-b"))
     runs = settings.out / "serving"
     reports: dict[str, SystemReport] = {}
-    spec: ScheduleSpec | None = None
-    rates: list[float] = []
-    fixed_rate = 0.0
-    solo: dict[str, float] | None = None
-    for name in ("baseline", "fleet"):
-        if name not in settings.systems:
-            reports[name] = SystemReport(name, error="not requested")
-            continue
-        t0 = time.monotonic()
-        try:
-            with running(name, models, settings, runs / name) as (address, redis_url):
-                reports[name] = SystemReport(name, start_s=time.monotonic() - t0)
-                if spec is None:  # the baseline calibrates SLOs and rates for both systems
-                    solo = solo_latencies(address, work, settings.solo_repeats)
-                    work = replace(work, slos={w: settings.slo_scale * s for w, s in solo.items()})
-                    weights = sum(settings.mix.values())
-                    mean_s = sum(settings.mix[w] * solo[w] for w in solo) / weights
-                    capacity = settings.cpus / mean_s
-                    rates = [round(capacity * f, 3) for f in settings.rate_factors]
-                    fixed_rate = round(capacity * settings.fixed_factor, 3)
-                    spec = ScheduleSpec(ArrivalSpec("poisson", rate=fixed_rate), work,
-                                        seed=settings.seed, duration=settings.duration_s)
-                    print(f"SLOs (s): {json.dumps({w: round(s, 3) for w, s in work.slos.items()})}"
-                          f"; capacity estimate {capacity:.3g} req/s; rates {rates}", flush=True)
-                start_s = reports[name].start_s
-                reports[name] = bench_system(name, address, redis_url, spec, rates, fixed_rate,
-                                             settings, runs / name,
-                                             solo if name == "baseline" else None)
-                reports[name].start_s = start_s
-        except Exception as error:  # noqa: BLE001 - a system that fails is reported, not fatal
-            reports[name] = SystemReport(name, error=f"{type(error).__name__}: {error}")
-            print(f"[{name}] could not be benchmarked: {reports[name].error}", flush=True)
-            if name == "baseline":
-                break
-    rows = ratio_rows(reports["baseline"], reports.get("fleet", SystemReport("fleet")), TARGET,
-                      fixed_rate)
+    plan: Plan | None = None
+    with contextlib.ExitStack() as stack:
+        targets = start_systems(stack, settings, models, runs, reports)
+        if "baseline" in targets:
+            for name, target in list(targets.items()):
+                try:
+                    reports[name].solo_s = solo_latencies(target.address, work,
+                                                          settings.solo_repeats)
+                except Exception as error:  # noqa: BLE001 - reported, the other system goes on
+                    reports[name].error = f"{type(error).__name__}: {error}"
+                    del targets[name]
+                    continue
+                print(f"[{name}] alone: " + ", ".join(
+                    f"{w} {t:.3f}s" for w, t in reports[name].solo_s.items()), flush=True)
+        if "baseline" in targets:
+            plan = calibrate(settings, work, reports["baseline"].solo_s)
+            slos = {w: round(t, 3) for w, t in plan.spec.workload.slos.items()}
+            print(f"SLOs (s) {json.dumps(slos)}; capacity estimate {plan.capacity:.3g} req/s; "
+                  f"rates {plan.rates}", flush=True)
+            sweep(targets, reports, plan, settings, runs)
+            fixed_and_bursts(targets, reports, plan, settings, runs)
+    return write_outputs(settings, reports, plan, load_before, started)
+
+
+def write_outputs(settings: ServingSettings, reports: dict[str, SystemReport], plan: Plan | None,
+                  load_before: tuple[float, float, float], started: float) -> dict[str, Any]:
+    fixed_rate = plan.fixed_rate if plan else 0.0
+    rows = ratio_rows(reports["baseline"], reports["fleet"], TARGET, fixed_rate)
     print()
     print(format_table(rows))
     for name, report in reports.items():
@@ -220,8 +234,13 @@ def run(settings: ServingSettings) -> dict:
             print(f"{name}: {report.error}")
     doc = {
         "settings": {**asdict(settings), "out": str(settings.out)},
-        "machine": {"cpus_used": settings.cpus, "cpu_count": os.cpu_count()},
-        "slos_s": work.slos, "rates": rates, "fixed_rate": fixed_rate, "target": TARGET,
+        # other work on the machine skews every number; the load averages say how much
+        "machine": {"cpus_used": settings.cpus, "cpu_count": os.cpu_count(),
+                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "slos_s": plan.spec.workload.slos if plan else {},
+        "capacity_estimate": plan.capacity if plan else None,
+        "rates": plan.rates if plan else [], "fixed_rate": fixed_rate,
+        "burst_base_rate": plan.burst_base_rate if plan else None, "target": TARGET,
         "systems": {n: r.to_dict(TARGET) for n, r in reports.items()},
         "table": [dict(zip(("metric", "baseline", "fleet", "ratio"), r, strict=True))
                   for r in rows],
@@ -229,14 +248,17 @@ def run(settings: ServingSettings) -> dict:
     }
     (settings.out / "serving.json").write_text(json.dumps(doc, indent=1, default=str))
     write_sweep_plot(list(reports.values()), TARGET, settings.out / "serving_sweep.png")
-    print(f"wrote {settings.out}/serving.json, serving_sweep.png and runs under {runs}/ "
-          f"in {doc['elapsed_s']:.0f} s")
+    print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
+          f"(1 min; {settings.cpus} CPUs used)")
+    print(f"wrote {settings.out}/serving.json, serving_sweep.png and runs under "
+          f"{settings.out}/serving/ in {doc['elapsed_s']:.0f} s")
     return doc
 
 
 QUICK = {"preset": "tiny", "size": 64, "steps": 8, "duration_s": 4.0,
          "rate_factors": (0.5, 1.0, 2.0), "burst_duration_s": 6.0, "burst_off_s": 2.0,
-         "burst_on_s": 1.0, "solo_repeats": 2}
+         "burst_on_s": 1.0, "solo_repeats": 2,
+         "sweep_budget_s": 60.0}
 
 
 def parse_settings(argv: list[str] | None = None) -> ServingSettings:

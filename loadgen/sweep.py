@@ -20,8 +20,9 @@ from loadgen.summary import Summary, summarize
 @dataclass(frozen=True)
 class SweepPoint:
     rate: float
-    summary: Summary | None  # None when skipped after a collapse at a lower rate
+    summary: Summary | None  # None when skipped (``note`` says why)
     result: RunResult | None = None
+    note: str = ""
 
 
 def at_rate(arrivals: ArrivalSpec, rate: float) -> ArrivalSpec:
@@ -49,7 +50,7 @@ def run_sweep(spec: ScheduleSpec, rates: list[float], options: RunOptions,
     collapsed = False
     for i, rate in enumerate(sorted(rates)):
         if collapsed:
-            point = SweepPoint(rate, None)
+            point = SweepPoint(rate, None, note="attainment collapsed at a lower rate")
         else:
             if i:
                 time.sleep(cooldown_s)
@@ -71,7 +72,7 @@ def format_sweep(points: list[SweepPoint], target: float) -> str:
     for p in points:
         s = p.summary
         if s is None:
-            lines.append(f"{p.rate:>8g}  skipped (attainment collapsed at a lower rate)")
+            lines.append(f"{p.rate:>8g}  skipped ({p.note})")
             continue
         lat = s.latency
         cells = [lat.p50_s, lat.p95_s, lat.p99_s]
