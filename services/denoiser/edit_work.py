@@ -49,9 +49,10 @@ def submit_edit(engine: DenoiserEngine, editor: TemplateEditor, job: DenoiseJob,
     """Queues a template edit, and the template's recording run when the editor asks for one."""
     model = engine.load_unet(job.model)
     extra = editor.admit(job, model.info, model.unet)
-    engine.add(EditWork(prepare(job, model.info), controls, editor))
+    # The recording goes first: it then ends no later than the edit, whose result reports it.
     for companion in extra:
         engine.add(EditWork(prepare(companion, model.info), ControlNetSet([], 0), editor))
+    engine.add(EditWork(prepare(job, model.info), controls, editor))
 
 
 class EditBatchRunner:

@@ -67,6 +67,7 @@ class TemplateEdit:
     reader: TemplateRecord | None = None
     region: torch.Tensor | None = None           # latent-level mask of a cached edit
     recorded: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    parent: TemplateEdit | None = None           # the edit a recording run was started for
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,8 @@ class TemplateEditor:
             width=job.width, height=job.height, num_inference_steps=job.num_inference_steps,
             guidance_scale=job.guidance_scale, seed=job.seed, strength=1.0,
             mask=torch.zeros_like(job.mask), masked_image_moments=edit.image_moments,
-            edit=TemplateEdit(edit.template_id, record=True, mode=RECORD, key=edit.key))
+            edit=TemplateEdit(edit.template_id, record=True, mode=RECORD, key=edit.key,
+                              parent=edit))
 
     def group_key(self, job: DenoiseJob) -> str:
         return CACHED if job.edit is not None and job.edit.mode == CACHED else ""
@@ -211,6 +213,8 @@ class TemplateEditor:
         edit.cache_bytes = self.cache.put(edit.key, edit.recorded, {
             "template_id": edit.template_id, "rows": str(state.rows)})
         edit.recorded = []
+        if edit.parent is not None:  # reported with the edit: the template is now warm
+            edit.parent.cache_bytes = edit.cache_bytes
         log.info("template recorded", extra={"request_id": state.job.request_id,
                                              "template_id": edit.template_id,
                                              "cache_bytes": edit.cache_bytes})

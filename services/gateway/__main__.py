@@ -11,9 +11,13 @@ from diffusion.v1 import gateway_pb2_grpc
 from services.common.model_store import ModelStore
 from services.common.server import Heartbeat, ServiceRuntime, init_process, serve
 from services.common.settings import parse_settings
+from services.gateway.edit_dispatch import EditDispatch
+from services.gateway.edit_placement import EditCostModel, EditPlacer
 from services.gateway.request_log import RequestLog
 from services.gateway.servicer import GatewayServicer
 from services.gateway.settings import GatewaySettings
+from services.gateway.template_registration import TemplateRegistrar
+from services.gateway.templates import TemplateRegistry
 from services.gateway.workflow import WorkflowRunner
 
 ROLE = "gateway"
@@ -41,10 +45,16 @@ def main(argv: list[str] | None = None) -> None:
     def add(server: grpc.Server, runtime: ServiceRuntime) -> list[str]:
         assert runtime.fleet is not None
         requests = RequestLog(runtime.fleet, settings.replica_id, settings.result_ttl_s)
+        registry = TemplateRegistry(runtime.fleet)
+        costs = (EditCostModel.from_profile(settings.edit_cost_profile)
+                 if settings.edit_cost_profile else EditCostModel())
+        edits = EditDispatch(registry, EditPlacer(runtime.fleet, costs, settings.edit_placement),
+                             runtime.exporter, store, settings.edit_halo)
         runner = WorkflowRunner(runtime.fleet, runtime.channels, runtime.exporter,
                                 runtime.importer, settings.inline_max_bytes,
-                                settings.replica_wait_s)
-        servicer = GatewayServicer(settings, store, requests, runner, runtime)
+                                settings.replica_wait_s, edits)
+        servicer = GatewayServicer(settings, store, requests, runner, runtime,
+                                   TemplateRegistrar(settings, store, registry, runner))
         holder["servicer"] = servicer
         gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
         threading.Thread(target=_recover_loop, daemon=True, name="recover",

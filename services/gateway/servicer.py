@@ -18,6 +18,7 @@ from services.common.server import ServiceRuntime
 from services.gateway.depth import DepthTracker
 from services.gateway.request_log import RequestLog
 from services.gateway.settings import GatewaySettings
+from services.gateway.template_registration import TemplateRegistrar
 from services.gateway.validation import Workflow, validate
 from services.gateway.workflow import Outcome, WorkflowRunner
 
@@ -40,8 +41,10 @@ def error_info(exc: BaseException) -> gateway_pb2.ErrorInfo:
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, settings: GatewaySettings, store: ModelStore, requests: RequestLog,
-                 runner: WorkflowRunner, runtime: ServiceRuntime) -> None:
+                 runner: WorkflowRunner, runtime: ServiceRuntime,
+                 registrar: TemplateRegistrar | None = None) -> None:
         self.settings = settings
+        self.registrar = registrar
         self.store = store
         self.requests = requests
         self.runner = runner
@@ -56,6 +59,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     # Generate
     def Generate(self, request: gateway_pb2.GenerateRequest,
                  context: grpc.ServicerContext) -> Iterator[gateway_pb2.GenerateEvent]:
+        request = self._expanded(request)
         flow = validate(request, self.store, self.settings)
         cancel = self._admit(flow.request_id)
         events: queue.Queue[object] = queue.Queue()
@@ -189,8 +193,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     def RegisterTemplate(self, request: gateway_pb2.RegisterTemplateRequest,
                          context: grpc.ServicerContext) -> gateway_pb2.RegisterTemplateResponse:
-        raise FailedPrecondition("templates for masked edits are not served yet",
-                                 field="template_id")
+        if self.registrar is None:
+            raise FailedPrecondition("this gateway serves no templates", field="template_id")
+        return self.registrar.register(request)
+
+    def _expanded(self, request: gateway_pb2.GenerateRequest) -> gateway_pb2.GenerateRequest:
+        """An edit of a template as the inpainting request it is (recorded as such)."""
+        if not request.template_id:
+            return request
+        if self.registrar is None:
+            raise FailedPrecondition("this gateway serves no templates", field="template_id")
+        return self.registrar.expand(request)
 
     def recover(self, request: gateway_pb2.GenerateRequest, stream: str, entry: str) -> None:
         """Runs an orphaned request (its gateway died) to a terminal state, for GetRequest."""

@@ -29,6 +29,13 @@ class GatewaySettings(ServiceSettings):
                                  "model of the models folder", default="")
     default_steps: int = setting("steps when a request gives none", default=20)
     default_guidance: float = setting("guidance_scale when a request gives none", default=7.5)
+    edit_placement: str = setting("denoiser choice for template edits: mask_aware (least "
+                                  "predicted work), round_robin, least_requests",
+                                  default="mask_aware")
+    edit_cost_profile: str = setting("JSON of measured edit step times to fit the edit cost "
+                                     "model on (bench/masked_editing.py writes one)", default="")
+    edit_halo: int = setting("latent tokens the denoisers recompute around a mask (their "
+                             "edit_halo), for predicting an edit's work", default=1)
 
     def validate(self) -> None:
         super().validate()

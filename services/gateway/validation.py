@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from diffusion.v1 import gateway_pb2
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.errors import InvalidArgument
 from services.common.model_store import ModelStore
 from services.gateway import images
 from services.gateway.settings import GatewaySettings
@@ -61,6 +61,8 @@ class Workflow:
     lora_async_steps: int = 0        # BAL bound K; -1 = the stored profile's; 0 = exact
     stale_controlnet: bool = False   # step t uses step t-1's ControlNet residuals
     cfg_parallel: bool = False       # unconditional pass on a second denoiser replica
+    template_id: str = ""            # an edit of a registered template (already expanded)
+    activation_cache: bool = False   # the edit reuses the template's recorded activations
 
     @property
     def kind(self) -> str:
@@ -102,13 +104,10 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore,
         raise InvalidArgument("use 1-128 characters of [A-Za-z0-9._:-]", field="request_id")
     model = req.model or limits.default_model or _first_base_model(store)
     entry = store.pipeline(model)
-    if req.template_id:
-        raise FailedPrecondition("masked edits of templates are not served yet",
-                                 field="template_id")
     approx = req.approximations
-    if approx.activation_cache:
-        raise FailedPrecondition("only exact serving is available on this fleet",
-                                 field="approximations.activation_cache")
+    if approx.activation_cache and not req.template_id:
+        raise InvalidArgument("the activation cache serves edits of a registered template",
+                              field="approximations.activation_cache")
     if not req.prompt.strip():
         raise InvalidArgument("a prompt is required", field="prompt")
     for name in ("prompt", "negative_prompt"):
@@ -150,7 +149,8 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore,
         negative_prompt=req.negative_prompt, width=width, height=height, steps=steps,
         guidance_scale=guidance, seed=req.seed, strength=strength, preview=req.preview,
         return_pixels=req.return_pixels, lora_async_steps=approx.lora_async_steps,
-        stale_controlnet=approx.stale_controlnet, cfg_parallel=approx.cfg_parallel)
+        stale_controlnet=approx.stale_controlnet, cfg_parallel=approx.cfg_parallel,
+        template_id=req.template_id, activation_cache=approx.activation_cache)
     if not -1 <= approx.lora_async_steps <= steps:
         raise InvalidArgument(f"{approx.lora_async_steps} is not -1 (profile), 0 (exact) or a "
                               f"step bound up to {steps}", field="approximations.lora_async_steps")

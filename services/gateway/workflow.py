@@ -35,6 +35,7 @@ from services.common.fleet_state import FleetState
 from services.common.transport import TensorExporter, TensorImporter, local_peer
 from services.gateway import images
 from services.gateway.depth import DepthTracker
+from services.gateway.edit_dispatch import EditDispatch
 from services.gateway.placement import Placement, Placer, peer_of
 from services.gateway.validation import Workflow
 
@@ -55,8 +56,9 @@ class WorkflowRunner:
 
     def __init__(self, fleet: FleetState, channels: ChannelPool, exporter: TensorExporter,
                  importer: TensorImporter, inline_max_bytes: int,
-                 replica_wait_s: float = 30.0) -> None:
+                 replica_wait_s: float = 30.0, edits: EditDispatch | None = None) -> None:
         self.fleet = fleet
+        self.edits = edits  # template edits: mask-aware placement and attachments
         self.placer = Placer(fleet)
         self.channels = channels
         self.exporter = exporter
@@ -79,13 +81,18 @@ class WorkflowRunner:
                 f"cannot finish before the deadline: the best replica needs about "
                 f"{chosen.total_ms / 1e3:.1f} s ({chosen.wait_and_run_ms:.0f} ms queue and run, "
                 f"{chosen.load_ms:.0f} ms loading); retry later or allow more time")
+        denoiser = chosen.replica
+        if self.edits is not None and flow.template_id:
+            denoiser = self.edits.place(flow, self.fleet.replicas("denoiser") or [denoiser])
         place = self.placer.place(flow.model, [c.name for c in flow.controlnets],
-                                  bool(flow.loras), chosen.replica, self._wait_limit(deadline),
+                                  bool(flow.loras), denoiser, self._wait_limit(deadline),
                                   cfg_parallel=flow.cfg_parallel and flow.do_cfg)
         try:
             return self._run(flow, place, emit, deadline, is_cancelled, started, depth)
         finally:
             self._release(flow.request_id, place)
+            if self.edits is not None and flow.template_id:
+                self.edits.release(flow)
 
     def _wait_limit(self, deadline: float | None) -> float:
         """How long placement may wait for a replica to come up (scale from zero)."""
@@ -160,6 +167,8 @@ class WorkflowRunner:
                 address=place.cfg_partner.address,
                 peer=peer_of(place.cfg_partner, self.inline_max_bytes))
             if place.cfg_partner is not None else None)
+        if self.edits is not None and flow.template_id:
+            self.edits.attach(flow, request, den_peer)
         result = self._denoise(flow, place, request, vae, emit, deadline, is_cancelled)
         depth.leave("denoiser", flow.model)
         for c in flow.controlnets:
@@ -181,6 +190,8 @@ class WorkflowRunner:
             metadata["cfg_partner"] = place.cfg_partner.replica_id
         if flow.loras:
             metadata["lora_joined_step"] = str(result.lora_joined_step)
+        if self.edits is not None and flow.template_id:
+            metadata.update(self.edits.result(flow, result))
         return Outcome(pixels=pixels, png=images.to_png(pixels), metadata=metadata)
 
     def _denoise(self, flow: Workflow, place: Placement, request: denoiser_pb2.DenoiseRequest,
@@ -199,6 +210,8 @@ class WorkflowRunner:
                     return event.result
                 progress = gateway_pb2.Progress(step=event.progress.step,
                                                 total_steps=event.progress.total_steps)
+                if self.edits is not None and flow.template_id:
+                    self.edits.progress(flow, progress.step, progress.total_steps)
                 if event.progress.HasField("preview_latents"):
                     preview = self._call("vae", vae.Decode, vae_pb2.VaeDecodeRequest(
                         request_id=rid, model=flow.model, peer=local_peer(),
