@@ -54,7 +54,7 @@ class ServingSettings:
     steps: int = 10
     cpus: int = len(os.sched_getaffinity(0))
     seed: int = 0
-    duration_s: float = 15.0  # arrivals per sweep point and per fixed-rate run
+    duration_s: float = 20.0  # arrivals per sweep point and per fixed-rate run
     slo_scale: float = 3.0  # SLO = scale x the baseline's latency alone
     # Sweep rates as factors of the capacity estimate; a rate whose attainment falls
     # under 50% skips the higher ones, so a fine grid costs little past the knee.
