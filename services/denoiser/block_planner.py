@@ -24,15 +24,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+SPARSE_OVERHEAD = 1.2  # prior: a sparse token costs this much more than a dense one
+
 
 class LinearFit:
-    """Least squares on a few features with a forgetting factor and a weak ridge."""
+    """Least squares on a few features with a forgetting factor, pulled towards a prior.
+
+    The prior (coefficients and a strength, in units of squared features)
+    keeps the fit sensible while the observations do not determine it, e.g.
+    every sparse step of one request has the same work.
+    """
 
     def __init__(self, features: int, forget: float = 0.9, ridge: float = 1e-6) -> None:
-        self.xtx = np.eye(features) * ridge
+        self.xtx = np.zeros((features, features))
         self.xty = np.zeros(features)
         self.forget = forget
         self.seen = 0
+        self.prior = np.zeros(features)
+        self.strength = ridge
+
+    def set_prior(self, coef: list[float], strength: float) -> None:
+        self.prior = np.asarray(coef, dtype=float)
+        self.strength = strength
 
     def add(self, x: list[float], y: float) -> None:
         v = np.asarray(x, dtype=float)
@@ -41,7 +54,9 @@ class LinearFit:
         self.seen += 1
 
     def predict(self, x: list[float]) -> float:
-        coef = np.linalg.solve(self.xtx, self.xty)
+        eye = np.eye(len(self.xty))
+        coef = np.linalg.solve(self.xtx + self.strength * eye,
+                               self.xty + self.strength * self.prior)
         return float(max(np.dot(coef, x), 0.0))
 
 
@@ -95,8 +110,12 @@ class BlockPlanner:
         costs = self.costs[block]
         if sparse:
             costs.sparse.add([demand.rows, demand.work], seconds)
-        else:
-            costs.dense.add([demand.rows], seconds)
+            return
+        costs.dense.add([demand.rows], seconds)
+        # Until sparse steps of several region sizes are seen: sparse compute grows with the
+        # region and costs a little more per token than dense compute.
+        per_row = costs.dense.predict([1.0])
+        costs.sparse.set_prior([0.0, SPARSE_OVERHEAD * per_row], strength=1.0)
 
     def observe_sparse_load(self, block: int, demand: BlockDemand, nbytes: int) -> None:
         self.costs[block].load_bytes.add([demand.rows, demand.work], float(nbytes))

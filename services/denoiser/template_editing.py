@@ -127,13 +127,15 @@ class TemplateEditor:
         if edit is None:
             return []
         edit.key = recipe_key(job)
+        edit.mode = EXACT
+        if not self._maskable(job, info, unet):  # served exact, nothing recorded
+            return []
         if edit.record:
             edit.mode = RECORD
             with self._lock:
                 self._recording.add(edit.key)
             return []
-        edit.mode = EXACT
-        if not (edit.activation_cache and self._maskable(job, info, unet)):
+        if not edit.activation_cache:
             return []
         reader = self.cache.get(edit.key)
         if reader is not None:
@@ -152,7 +154,8 @@ class TemplateEditor:
     def _maskable(job: DenoiseJob, info: ModelInfo, unet: Any) -> bool:
         levels = len(unet.config.block_out_channels)
         side = info.vae_scale_factor * 2 ** (levels - 1)
-        return (job.mask is not None and info.in_channels == 9 and not job.loras
+        on_cpu = str(info.device) == "cpu"  # the region plans are CPU tensors
+        return (on_cpu and job.mask is not None and info.in_channels == 9 and not job.loras
                 and not job.controlnets and job.strength == 1.0 and supports(unet)
                 and job.width % side == 0 and job.height % side == 0)
 

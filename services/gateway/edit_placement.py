@@ -121,13 +121,14 @@ class EditLedger:
 
 class EditPlacer:
     def __init__(self, fleet: FleetState, costs: EditCostModel, policy: str = MASK_AWARE,
-                 other_request_ms: float = 0.0) -> None:
+                 other_request_ms: float = 0.0, model_load_ms: float = 3000.0) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy={policy!r} is not one of {', '.join(POLICIES)}")
         self.ledger = EditLedger(fleet)
         self.costs = costs
         self.policy = policy
         self.other_request_ms = other_request_ms  # requests on a replica that are not edits
+        self.model_load_ms = model_load_ms        # a replica that does not hold the model yet
         self._turn = itertools.count()
         self._lock = threading.Lock()
 
@@ -150,9 +151,9 @@ class EditPlacer:
             return min(ordered, key=lambda r: (r.load, (ordered.index(r) - turn) % len(ordered)))
         work = self.ledger.outstanding(ordered)
 
-        def predicted(r: ReplicaInfo) -> tuple[bool, float, int]:
+        def predicted(r: ReplicaInfo) -> tuple[float, int]:
             edits_ms, edits = work[r.replica_id]
             others = max(r.load - edits, 0) * self.other_request_ms
-            return (model not in r.models, edits_ms + others, (ordered.index(r) - turn)
-                    % len(ordered))
+            loading = 0.0 if model in r.models else self.model_load_ms
+            return edits_ms + others + loading, (ordered.index(r) - turn) % len(ordered)
         return min(ordered, key=predicted)
