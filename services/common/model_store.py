@@ -4,17 +4,25 @@ A models folder holds base pipelines (folders with ``model_index.json``),
 ControlNets under ``controlnets/`` and LoRA ``.safetensors`` files under
 ``loras/``. Names are folder / file stems. Weights load only from safetensors:
 a component that has nothing but pickled weights is refused.
+
+The model classes are imported with this module, not on first use: the
+libraries' lazy imports are not safe when two request threads load their
+first models at once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from services.common.errors import FailedPrecondition, NotFound
 
@@ -88,24 +96,18 @@ class ModelStore:
 
     # loaders, each for the role that needs it
     def load_unet(self, name: str, dtype: torch.dtype = torch.float32) -> Any:
-        from diffusers import UNet2DConditionModel
-
         folder = self.pipeline(name).path / "unet"
         _check_safetensors(folder)
         return UNet2DConditionModel.from_pretrained(
             folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True).eval()
 
     def load_vae(self, name: str, dtype: torch.dtype = torch.float32) -> Any:
-        from diffusers import AutoencoderKL
-
         folder = self.pipeline(name).path / "vae"
         _check_safetensors(folder)
         return AutoencoderKL.from_pretrained(
             folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True).eval()
 
     def load_text_encoder(self, name: str, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-        from transformers import CLIPTextModel, CLIPTokenizer
-
         path = self.pipeline(name).path
         _check_safetensors(path / "text_encoder")
         tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
@@ -115,8 +117,6 @@ class ModelStore:
         return tokenizer, encoder
 
     def load_controlnet(self, name: str, dtype: torch.dtype = torch.float32) -> Any:
-        from diffusers import ControlNetModel
-
         folder = self.get(name, ("controlnet",), field="controlnets.name").path
         _check_safetensors(folder)
         return ControlNetModel.from_pretrained(
@@ -137,9 +137,11 @@ class ModelStore:
         return self.get(name, ("lora",), field="loras.name").path
 
 
+_LAZY_IMPORT = threading.Lock()
+
+
 def new_scheduler(config: dict[str, Any]) -> Any:
     """A fresh scheduler of the class the model folder names, one per request."""
-    import diffusers
-
-    cls = getattr(diffusers, config["_class_name"])
+    with _LAZY_IMPORT:
+        cls = getattr(diffusers, config["_class_name"])
     return cls.from_config(config)
