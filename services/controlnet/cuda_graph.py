@@ -17,6 +17,8 @@ log = logging.getLogger("dfleet.controlnet")
 
 Residuals = tuple[list[torch.Tensor], torch.Tensor]
 WARMUP_RUNS = 2
+# Other threads (a co-located ControlNet, LoRA loaders) keep using CUDA during a capture.
+CAPTURE_MODE = "thread_local"
 
 
 @dataclass
@@ -89,7 +91,7 @@ class GraphedControlNet:
                     self._run(static)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode=CAPTURE_MODE):
                 down, mid = self._run(static)
         except RuntimeError:
             log.warning("ControlNet graph capture failed for %s; running eagerly", key,

@@ -33,7 +33,7 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
             controlnet.check_compatible(embeds)
             zeros = None
             checked = False
-            for message in requests:
+            for message in _until_closed(requests, context):
                 step = message.step
                 exporter.release(step.release_lease_ids)
                 latents = importer.load(step.latents, release=False)
@@ -62,3 +62,13 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
         finally:
             self.engine.release(opening.controlnet)
             exporter.release_request(request_id)
+
+
+def _until_closed(requests: Iterator[controlnet_pb2.ControlNetStepRequest],
+                  context: grpc.ServicerContext) -> Iterator[controlnet_pb2.ControlNetStepRequest]:
+    """The stream's messages; ends quietly when the denoiser cancels it (its request ended)."""
+    try:
+        yield from requests
+    except grpc.RpcError:
+        if context.is_active():
+            raise

@@ -23,6 +23,8 @@ from services.denoiser.unet_halves import AddedCond, DownMidOut, UnetHalves
 log = logging.getLogger("dfleet.denoiser")
 
 WARMUP_RUNS = 2
+# Other threads (a co-located ControlNet, LoRA loaders) keep using CUDA during a capture.
+CAPTURE_MODE = "thread_local"
 Residuals = tuple[list[torch.Tensor], torch.Tensor]
 
 
@@ -136,7 +138,7 @@ class GraphedHalves:
         try:
             _warm_up(lambda: halves.down_mid(*static))
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode=CAPTURE_MODE):
                 out = halves.down_mid(*static)
         except RuntimeError:
             log.warning("CUDA graph capture failed for %s; it runs eagerly", key[:2],
@@ -155,7 +157,7 @@ class GraphedHalves:
         try:
             _warm_up(lambda: halves.up(entry.out, *args))
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=entry.pool):
+            with torch.cuda.graph(graph, pool=entry.pool, capture_error_mode=CAPTURE_MODE):
                 noise = halves.up(entry.out, *args)
         except RuntimeError:
             log.warning("CUDA graph capture of the up half failed; it runs eagerly",

@@ -6,7 +6,7 @@ step loop and pipeline math as the service, fed directly.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 import torch
@@ -65,12 +65,12 @@ def join_at(layers: LoraLayers, step: int
     return future, on_step
 
 
-def run(engine: DenoiserEngine, job: DenoiseJob, links: list[StepLink] | None = None,
+def run(engine: DenoiserEngine, job: DenoiseJob, links: Sequence[StepLink] | None = None,
         loras: Future[LoraLayers] | None = None, bound: int = 0,
         on_step: Callable[[StepEvent], None] | None = None) -> FinalEvent:
     """Submits ``job`` and waits for its end; ``on_step`` sees each step's event (with the
     latents when ``job.preview_every`` is 1)."""
-    engine.submit(job, ControlNetSet(links or [], 0, job.stale_controlnet), loras, bound)
+    engine.submit(job, ControlNetSet(list(links or []), 0, job.stale_controlnet), loras, bound)
     while True:
         event = job.events.get(timeout=EVENT_TIMEOUT_S)
         if isinstance(event, StepEvent) and on_step is not None:

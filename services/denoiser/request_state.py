@@ -179,7 +179,9 @@ def _added_cond(job: DenoiseJob) -> dict[str, torch.Tensor] | None:
 def _to_device(state: RequestState, info: ModelInfo) -> RequestState:
     """The state on the UNet's device and in its dtype (noise was drawn on the CPU).
 
-    A no-op for the CPU in float32: ``Tensor.to`` returns the tensor itself.
+    The timesteps stay on the CPU with the scheduler's own tables (the schedulers index
+    those with them); the step batch moves each to the device for the UNet. A no-op for
+    the CPU in float32: ``Tensor.to`` returns the tensor itself.
     """
     def move(t: torch.Tensor | None) -> Any:
         return None if t is None else t.to(info.device, info.dtype)
@@ -187,7 +189,6 @@ def _to_device(state: RequestState, info: ModelInfo) -> RequestState:
     state.prompt_embeds = move(state.prompt_embeds)
     state.mask = move(state.mask)
     state.masked_image_latents = move(state.masked_image_latents)
-    state.timesteps = [t.to(info.device) for t in state.timesteps]
     if state.added_cond is not None:
         state.added_cond = {k: v.to(info.device, info.dtype) for k, v in state.added_cond.items()}
     return state
