@@ -79,7 +79,10 @@ def test_profiles_pick_k_and_scale_it(tmp_path: Path) -> None:
     assert fresh.bound(-1, "m", ["a"], 60) == 6
     fresh.save(BalProfile("m", "b", steps=30, similarity=[0.999, 0.98]))
     assert fresh.bound(-1, "m", ["a", "b"], 30) == 1
-    assert BalProfile("m", "c", 30, [0.999] * 5).bound == 5  # never below: all steps
+    never_below = BalProfile("m", "c", 30, [0.999] * 31)
+    assert never_below.bound == 31
+    fresh.save(never_below)
+    assert fresh.bound(-1, "m", ["c"], 30) == 29  # the LoRA still joins before the end
 
 
 @pytest.fixture(scope="module")

@@ -125,7 +125,8 @@ class BalProfiles:
 
     def bound(self, requested: int, model: str, loras: list[str], steps: int) -> int:
         """The K to use: ``requested`` itself, or for -1 the profiles' smallest K, scaled to
-        ``steps`` when the profile was measured with another step count."""
+        ``steps`` when the profile was measured with another step count, and below ``steps``:
+        a profile never lets a request finish without its LoRAs."""
         if requested != USE_PROFILE or not loras:
             return max(0, requested)
         bounds = []
@@ -135,4 +136,4 @@ class BalProfiles:
                 log.info("no BAL profile for %s with %s: exact", model, lora)
                 return 0
             bounds.append(profile.bound * steps // max(1, profile.steps))
-        return min(bounds)
+        return max(0, min(min(bounds), steps - 1))
