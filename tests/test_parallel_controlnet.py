@@ -5,8 +5,9 @@ Covers: ``UnetHalves`` equals ``UNet2DConditionModel.forward`` for SD1.5- and SD
 with and without ControlNet residuals, also at sizes that need explicit upsample sizes; in one
 batch step every ControlNet is sent its inputs before the down blocks run and is read only
 before the up blocks (serial: before the down blocks); the in-process engine gives the same
-latents with ControlNets run in parallel and serially (one and two ControlNets, <= 1e-5); the
-stale schedule's sends, reads and residuals per step; through the fleet, the stale switch gives
+latents with ControlNets run in parallel and serially (one and two ControlNets, <= 1e-5); a
+ControlNet that fails fails only its own request in a shared batch; the stale schedule's
+sends, reads and residuals per step; through the fleet, the stale switch gives
 an image close to but not equal to the exact one. Two ControlNets of one request on two
 replicas are covered by test_cfg_parallel.py, whose fleet has two ControlNet replicas.
 """
@@ -258,3 +259,24 @@ def test_stale_switch_through_the_fleet_is_close_but_not_exact(fleet: Any,
     assert stale.pixels is not None
     assert np.abs(stale.pixels - exact).max() > 1e-3
     assert peak_signal_noise_ratio(exact, stale.pixels, data_range=1.0) > 20.0
+
+
+def test_a_failing_controlnet_fails_only_its_own_work() -> None:
+    unet = _sd15_unet()
+    torch.manual_seed(3)
+    sample, embeds = torch.randn(1, 4, 8, 8), torch.randn(1, 7, 32)
+
+    class Broken(_RecordingLink):
+        def receive(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+            raise RuntimeError("controlnet replica went away")
+
+    broken = _OneStep(ControlNetSet([Broken(_Log(), "x", ([], torch.zeros(())))], 1),
+                      sample, embeds)
+    fine = _OneStep(ControlNetSet([], 1), sample.clone(), embeds.clone())
+    model = LoadedUnet(unet, ModelInfo({}, 0.18, 8, 4), LoraPatcher(unet), UnetHalves(unet))
+    with torch.inference_mode():
+        outcomes = run_batch(model, [broken, fine])
+        expected = unet(sample, torch.tensor([500.0], dtype=torch.float64), embeds).sample
+    assert isinstance(outcomes[0], RuntimeError) and outcomes[1] is True
+    assert broken.noise is None and fine.noise is not None
+    assert (fine.noise - expected).abs().max().item() <= TOLERANCE  # batched with another

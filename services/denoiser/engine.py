@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -29,7 +29,7 @@ from services.denoiser.controlnet_set import ControlNetSet
 from services.denoiser.job import DenoiseJob
 from services.denoiser.lora_patch import Patch
 from services.denoiser.request_state import RequestState, prepare
-from services.denoiser.step_batch import LoadedUnet, run_batch
+from services.denoiser.step_batch import LoadedUnet, Outcome, run_batch
 from services.denoiser.work import CfgPartner, RequestWork, StepWork
 
 log = logging.getLogger("dfleet.denoiser")
@@ -42,7 +42,8 @@ __all__ = ["DenoiserEngine", "LoadedUnet"]
 class DenoiserEngine:
     def __init__(self, load_unet: Callable[[str], LoadedUnet], max_batch_requests: int = 8,
                  parallel_controlnet: bool = True,
-                 runner: Callable[[LoadedUnet, list[StepWork], bool], list[bool]] = run_batch
+                 runner: Callable[[LoadedUnet, list[StepWork], bool], Sequence[Outcome]]
+                 = run_batch
                  ) -> None:
         """``runner`` runs one batch (:func:`run_batch`, or one that also serves edits)."""
         self.load_unet = load_unet
@@ -150,14 +151,14 @@ class DenoiserEngine:
                     completed = self.runner(self.load_unet(group[0].model), group,
                                             self.parallel_controlnet)
                 except Exception as exc:  # noqa: BLE001 - reported to each work in the batch
-                    if not isinstance(exc, FleetError):
-                        log.exception("batch failed")
                     for work in group:
-                        self._finish(work, exc)
+                        self._report_failure(work, exc)
                     continue
                 self.batches_run += 1
-                for work, done in zip(group, completed, strict=True):
-                    if done:
+                for work, outcome in zip(group, completed, strict=True):
+                    if isinstance(outcome, Exception):
+                        self._report_failure(work, outcome)
+                    elif outcome:
                         self._after_step(work)
 
     def _runnable(self, work: StepWork) -> bool:
@@ -193,6 +194,11 @@ class DenoiserEngine:
             groups[work.group_key()].append(work)
         return [g[i:i + self.max_batch_requests] for g in groups.values()
                 for i in range(0, len(g), self.max_batch_requests)]
+
+    def _report_failure(self, work: StepWork, error: Exception) -> None:
+        if not isinstance(error, FleetError):
+            log.error("step failed", exc_info=error, extra={"request_id": work.request_id})
+        self._finish(work, error)
 
     def _finish(self, work: StepWork, error: Exception | None) -> None:
         if work in self._active:

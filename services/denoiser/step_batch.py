@@ -39,14 +39,28 @@ class LoadedUnet:
     halves: Halves
 
 
+Outcome = bool | Exception   # whether the work's step completed, or why the work failed
+
+
 def run_batch(model: LoadedUnet, batch: list[StepWork], parallel_controlnet: bool = True
-              ) -> list[bool]:
-    """Runs one step of each work; per work, whether its step completed."""
-    inputs = [work.begin_step() for work in batch]
+              ) -> list[Outcome]:
+    """Runs one step of each work. A work whose step cannot start or whose ControlNet fails
+    fails alone: its rows still run (with zero residuals) and its output is dropped."""
+    outcomes: dict[int, Outcome] = {}   # by id(work)
+    works: list[StepWork] = []
+    inputs: list[StepInput] = []
+    for work in batch:
+        try:
+            inputs.append(work.begin_step())
+            works.append(work)
+        except Exception as exc:  # noqa: BLE001 - reported to that work alone
+            outcomes[id(work)] = exc
+    if not works:
+        return [outcomes[id(work)] for work in batch]
     residuals: list[Residuals | None] = []
     if not parallel_controlnet:
-        residuals = [work.controls.residuals() for work in batch]
-    head = batch[0]
+        residuals = _read_residuals(works, outcomes)
+    head = works[0]
     model.patcher.apply(head.patch, head.layers if head.patch else {})
     device, dtype = model.info.device, model.info.dtype
     sample = torch.cat([i.sample.to(device, dtype) for i in inputs])
@@ -55,15 +69,32 @@ def run_batch(model: LoadedUnet, batch: list[StepWork], parallel_controlnet: boo
     embeds = torch.cat([i.embeds.to(device, dtype) for i in inputs])
     state = model.halves.down_mid(sample, timesteps, embeds, _stack_added(inputs))
     if parallel_controlnet:
-        residuals = [work.controls.residuals() for work in batch]
+        residuals = _read_residuals(works, outcomes)
     down, mid = stack_residuals(inputs, residuals, sample)
     noise = model.halves.up(state, down, mid)
-    completed = []
     offset = 0
-    for work, step_input in zip(batch, inputs, strict=True):
-        completed.append(work.end_step(noise[offset:offset + step_input.rows]))
+    for work, step_input in zip(works, inputs, strict=True):
+        rows = noise[offset:offset + step_input.rows]
         offset += step_input.rows
-    return completed
+        if id(work) not in outcomes:  # else its ControlNet failed
+            try:
+                outcomes[id(work)] = work.end_step(rows)
+            except Exception as exc:  # noqa: BLE001 - reported to that work alone
+                outcomes[id(work)] = exc
+    return [outcomes[id(work)] for work in batch]
+
+
+def _read_residuals(works: list[StepWork], outcomes: dict[int, Outcome]
+                    ) -> list[Residuals | None]:
+    """Each work's residuals for this step; a work whose ControlNet failed gets none."""
+    residuals: list[Residuals | None] = []
+    for work in works:
+        try:
+            residuals.append(work.controls.residuals())
+        except Exception as exc:  # noqa: BLE001 - reported to that work alone
+            outcomes[id(work)] = exc
+            residuals.append(None)
+    return residuals
 
 
 def _stack_added(inputs: list[StepInput]) -> AddedCond | None:
