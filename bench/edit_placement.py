@@ -36,7 +36,9 @@ import numpy as np  # noqa: E402
 import dfleet  # noqa: E402
 from dfleet.local_fleet import LocalFleet  # noqa: E402
 from diffusion.v1 import gateway_pb2, gateway_pb2_grpc  # noqa: E402
+from services.common.fleet_state import FleetState, ReplicaInfo  # noqa: E402
 from services.common.tiny_model import write_tiny_model  # noqa: E402
+from services.gateway.edit_placement import EditCostModel, EditDemand, EditPlacer  # noqa: E402
 from tests.diffusers_reference import sample_image  # noqa: E402
 from tests.template_edit_loop import box_mask  # noqa: E402
 
@@ -91,28 +93,94 @@ def run_round(address: str, template_id: str, requests: list[tuple[float, float]
     return results
 
 
+def simulate(policy: str, requests: list[tuple[float, float]], costs: EditCostModel,
+             steps: int, fleet: FleetState, noise: float, seed: int) -> list[float]:
+    """Two replicas with step-level batching (a step costs the sum of its edits' step
+    costs; edits join at step boundaries), placed by the real :class:`EditPlacer` and its
+    Redis ledger. An edit's true step cost is the model's times a log-normal error."""
+    rng = np.random.default_rng(seed)
+    placer = EditPlacer(fleet, costs, policy)
+    names = ("sim-a", "sim-b")
+    # [id, arrival, steps left, true ms/step, predicted ms/step]
+    running: dict[str, list[list[float]]] = {n: [] for n in names}
+    joining: dict[str, list[list[float]]] = {n: [] for n in names}
+    ends = {n: float("inf") for n in names}
+    arrivals = sorted((at, i, ratio) for i, (at, ratio) in enumerate(requests))
+    latencies: list[float] = []
+
+    def next_step(name: str, now: float) -> None:
+        running[name] += joining[name]
+        joining[name] = []
+        ends[name] = (now + sum(item[3] for item in running[name]) / 1e3
+                      if running[name] else float("inf"))
+
+    while arrivals or any(running.values()):
+        name = min(names, key=lambda n: ends[n])
+        if arrivals and arrivals[0][0] <= ends[name]:
+            now, i, ratio = arrivals.pop(0)
+            demand = EditDemand(ratio, True, steps, 10e6)
+            replicas = [ReplicaInfo(n, "denoiser", n, "h", models=("m",),
+                                    load=len(running[n]) + len(joining[n])) for n in names]
+            predicted = costs.per_step_ms(demand)
+            chosen = placer.reserve(replicas, "m", f"{policy}-{i}",
+                                    predicted * steps).replica_id
+            joining[chosen].append([i, now, steps, predicted * float(rng.lognormal(0, noise)),
+                                    predicted])
+            if not running[chosen]:
+                next_step(chosen, now)
+            continue
+        now = ends[name]
+        for item in list(running[name]):
+            item[2] -= 1
+            rid = f"{policy}-{int(item[0])}"
+            if item[2] <= 0:
+                running[name].remove(item)
+                placer.ledger.remove(name, rid)
+                latencies.append(now - item[1])
+            else:
+                placer.ledger.set(name, rid, item[4] * item[2])
+        next_step(name, now)
+    return latencies
+
+
 def summary(latencies: list[float]) -> dict[str, float]:
     ordered = sorted(latencies)
     return {"p50_s": float(np.percentile(ordered, 50)), "p95_s": float(np.percentile(ordered, 95)),
             "mean_s": statistics.fmean(ordered), "max_s": ordered[-1]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=24)
-    parser.add_argument("--rate", type=float, default=0.7, help="arrivals per second")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--small", type=float, default=0.05)
-    parser.add_argument("--large", type=float, default=0.80)
-    parser.add_argument("--p-large", type=float, default=0.4)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--policies", default=",".join(POLICIES))
-    parser.add_argument("--models", default="bench/results/models-small")
-    parser.add_argument("--profile", default="bench/results/edit_cost_profile.json")
-    parser.add_argument("--out", default="bench/results/edit_placement.json")
-    args = parser.parse_args(argv)
-    policies = args.policies.split(",")
+def simulated(args: argparse.Namespace, policies: list[str]) -> dict[str, object]:
+    """The same policies on long simulated traces at several loads (no background noise)."""
+    from dfleet.local_fleet import start_redis
+
+    costs = (EditCostModel.from_profile(args.profile) if Path(args.profile).exists()
+             else EditCostModel())
+    mix = [(args.small, 1 - args.p_large), (args.large, args.p_large)]
+    mean_s = sum(p * costs.cost_ms(EditDemand(r, True, args.steps, 10e6)) for r, p in mix) / 1e3
+    proc, url = start_redis(Path(tempfile.mkdtemp()) / "redis.log")
+    table: dict[str, object] = {}
+    try:
+        print(f"\nsimulated: {args.sim_requests} edits per trace, 2 replicas, step cost from the "
+              f"fitted profile x log-normal({args.sim_noise}) error")
+        print("\n| load | placement | p50 s | p95 s | mean s |")
+        print("|---|---|---|---|---|")
+        for load in (0.6, 0.75, 0.9):
+            requests = trace(args.sim_requests, load * 2 / mean_s, args.seed, args.small,
+                             args.large, args.p_large)
+            for policy in policies:
+                fleet = FleetState.from_url(url, prefix=f"sim-{load}-{policy}:")
+                stats = summary(simulate(policy, requests, costs, args.steps, fleet,
+                                         args.sim_noise, args.seed))
+                table[f"{load}/{policy}"] = stats
+                print(f"| {load:.0%} | {policy} | {stats['p50_s']:.2f} | {stats['p95_s']:.2f} | "
+                      f"{stats['mean_s']:.2f} |")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return table
+
+
+def fleet_rounds(args: argparse.Namespace, policies: list[str]) -> dict[str, object]:
     models = Path(args.models)
     if not (models / "tree.json").exists():
         write_tiny_model(models, seed=0, preset="small")
@@ -122,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     if Path(args.profile).exists():
         env["DFLEET_EDIT_COST_PROFILE"] = str(Path(args.profile).resolve())
     requests = trace(args.requests, args.rate, args.seed, args.small, args.large, args.p_large)
+    runs: dict[str, list[dict[str, object]]] = {p: [] for p in policies}
+    round_p95: dict[str, list[float]] = {p: [] for p in policies}
     fleet = LocalFleet(str(models), replicas={"denoiser": 2}, env=env, startup_timeout_s=300)
     with fleet:
         gateways = {policies[0]: fleet.gateway_address}
@@ -139,33 +209,60 @@ def main(argv: list[str] | None = None) -> int:
                   [(0.0, args.small), (0.0, args.small)])
         time.sleep(3.0)
         print(f"template {template_id}: {cache_bytes / 2**20:.1f} MiB recorded; "
-              f"{len(requests)} edits per round, {Counter(r for _, r in requests)} by mask ratio")
-        runs: dict[str, list[dict[str, object]]] = {p: [] for p in policies}
+              f"{len(requests)} edits per round, {dict(Counter(r for _, r in requests))} "
+              "by mask ratio")
         for round_index in range(args.rounds):
             for policy in policies:
                 done = run_round(gateways[policy], template_id, requests)
                 runs[policy].extend(done)
                 lat = [float(d["latency_s"]) for d in done]  # type: ignore[arg-type]
-                print(f"round {round_index} {policy}: p95 {np.percentile(lat, 95):.2f} s, "
+                round_p95[policy].append(float(np.percentile(lat, 95)))
+                print(f"round {round_index} {policy}: p95 {round_p95[policy][-1]:.2f} s, "
                       f"mean {statistics.fmean(lat):.2f} s", flush=True)
-    print("\n| placement | p50 s | p95 s | mean s | max s | edits per replica (large) |")
+    print("\n| placement | p50 s | p95 s | mean s | median of round p95s | edits per replica "
+          "(large) |")
     print("|---|---|---|---|---|---|")
-    table = {}
+    table: dict[str, object] = {}
     for policy in policies:
         done = runs[policy]
         stats = summary([float(d["latency_s"]) for d in done])  # type: ignore[arg-type]
         per = Counter(str(d["denoiser"]) for d in done)
         large = Counter(str(d["denoiser"]) for d in done if d["ratio"] == args.large)
         split = " / ".join(f"{per[k]} ({large[k]})" for k in sorted(per))
-        table[policy] = {**stats, "per_replica": dict(per), "large_per_replica": dict(large)}
+        table[policy] = {**stats, "round_p95_s": round_p95[policy], "per_replica": dict(per),
+                         "large_per_replica": dict(large)}
         print(f"| {policy} | {stats['p50_s']:.2f} | {stats['p95_s']:.2f} | {stats['mean_s']:.2f} "
-              f"| {stats['max_s']:.2f} | {split} |")
-    result = {"date": date.today().isoformat(), "cpus": os.cpu_count(), "steps": args.steps,
-              "requests_per_round": args.requests, "rounds": args.rounds, "rate": args.rate,
-              "mask_ratios": {"small": args.small, "large": args.large,
-                              "p_large": args.p_large},
-              "cost_profile": env.get("DFLEET_EDIT_COST_PROFILE", ""), "summary": table,
-              "requests": runs}
+              f"| {statistics.median(round_p95[policy]):.2f} | {split} |")
+    return {"summary": table, "requests": runs, "cost_profile":
+            env.get("DFLEET_EDIT_COST_PROFILE", "")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--rate", type=float, default=0.5, help="arrivals per second")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--small", type=float, default=0.05)
+    parser.add_argument("--large", type=float, default=0.80)
+    parser.add_argument("--p-large", type=float, default=0.4)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--models", default="bench/results/models-small")
+    parser.add_argument("--profile", default="bench/results/edit_cost_profile.json")
+    parser.add_argument("--out", default="bench/results/edit_placement.json")
+    parser.add_argument("--no-fleet", action="store_true", help="only the simulation")
+    parser.add_argument("--sim-requests", type=int, default=400)
+    parser.add_argument("--sim-noise", type=float, default=0.2)
+    args = parser.parse_args(argv)
+    policies = args.policies.split(",")
+    result: dict[str, object] = {
+        "date": date.today().isoformat(), "cpus": os.cpu_count(), "steps": args.steps,
+        "requests_per_round": args.requests, "rounds": args.rounds, "rate": args.rate,
+        "mask_ratios": {"small": args.small, "large": args.large, "p_large": args.p_large}}
+    if not args.no_fleet:
+        result["fleet"] = fleet_rounds(args, policies)
+    result["simulated"] = simulated(args, policies)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"\nwrote {args.out}")

@@ -18,6 +18,7 @@ class or added embeddings; :func:`supports` says whether it is.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,8 +149,6 @@ class MaskedUnet:
                 load: Callable[[int], tuple[BlockCaches, Backgrounds]],
                 timer: Callable[[int, float], None] | None = None) -> torch.Tensor:
         """Noise prediction ``[B, C_out, h, w]``; ``load(i)`` waits for block i's cache."""
-        import time
-
         unet = self.unet
         emb = unet.time_embedding(unet.get_time_embed(sample=step.sample,
                                                       timestep=step.timesteps), None)
