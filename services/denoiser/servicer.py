@@ -70,7 +70,8 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
             bound = self.profiles.bound(job.lora_async_steps, job.model,
                                         [spec.name for spec in job.loras],
                                         job.num_inference_steps)
-            if job.edit is not None and self.editor is not None:
+            if (job.edit is not None and self.editor is not None and not job.loras
+                    and job.cfg_partner is None):  # otherwise an ordinary (exact) request
                 submit_edit(self.engine, self.editor, job, controls)
             else:
                 self.engine.submit(job, controls, loras, bound, self._partner(job, context))
