@@ -40,17 +40,15 @@ def ensure_models(root: Path) -> Path:
     return root
 
 
-def step_ms(client: dfleet.Client, count: int, stale: bool, runs: int, steps: int,
-            size: int) -> list[float]:
+def step_ms(client: dfleet.Client, count: int, stale: bool, seed: int, steps: int,
+            size: int) -> float:
+    """One request's denoiser time per step."""
     nets = [dfleet.ControlNet(name, image=sample_image(7 + i, size))
             for i, name in enumerate(CONTROLNETS[:count])]
-    approximations = dfleet.Approximations(stale_controlnet=stale)
-    times = []
-    for i in range(runs + 1):
-        result = client.generate("a house by a lake", seed=i, steps=steps, width=size,
-                                 height=size, controlnets=nets, approximations=approximations)
-        times.append(float(result.metadata["denoise_run_ms"]) / int(result.metadata["steps"]))
-    return times[1:]
+    result = client.generate("a house by a lake", seed=seed, steps=steps, width=size,
+                             height=size, controlnets=nets,
+                             approximations=dfleet.Approximations(stale_controlnet=stale))
+    return float(result.metadata["denoise_run_ms"]) / int(result.metadata["steps"])
 
 
 def main() -> int:
@@ -64,20 +62,26 @@ def main() -> int:
     args = parser.parse_args()
     models = ensure_models(Path(args.models))
     rows: list[dict[str, Any]] = []
-    plan = {False: [(0, "none", False), (1, "serial", False), (2, "serial", False)],
-            True: [(1, "parallel", False), (1, "stale", True), (2, "parallel", False),
-                   (2, "stale", True)]}
+    plan = {False: [(0, "none", False), (1, "serial 1", False), (2, "serial 2", False)],
+            True: [(1, "parallel 1", False), (1, "stale 1", True), (2, "parallel 2", False),
+                   (2, "stale 2", True)]}
     for parallel, cases in plan.items():
         env = {"DFLEET_PARALLEL_CONTROLNET": str(parallel).lower(),
                "DFLEET_TORCH_THREADS": str(args.torch_threads),
                "OMP_NUM_THREADS": str(args.torch_threads)}
         with LocalFleet(str(models), replicas={"controlnet": 2}, env=env) as fleet, \
                 dfleet.Client(fleet.gateway_address, timeout=600) as client:
-            for count, label, stale in cases:
-                times = step_ms(client, count, stale, args.runs, args.steps, args.size)
-                rows.append(dict(controlnets=count, mode=label,
-                                 step_ms=round(statistics.median(times), 1),
-                                 runs_ms=[round(t, 1) for t in times]))
+            for count, _, stale in cases:  # warm-up: every service's first request per case
+                step_ms(client, count, stale, 99, args.steps, args.size)
+            times: dict[str, list[float]] = {label: [] for _, label, _ in cases}
+            for run in range(args.runs):  # cases interleaved: background load hits them alike
+                for count, label, stale in cases:
+                    times[label].append(step_ms(client, count, stale, run, args.steps,
+                                                args.size))
+            for count, label, _ in cases:
+                rows.append(dict(controlnets=count, mode=label.split()[0],
+                                 step_ms=round(statistics.median(times[label]), 1),
+                                 runs_ms=[round(t, 1) for t in times[label]]))
     base = next(r["step_ms"] for r in rows if r["controlnets"] == 0)
     print(f"\ndenoiser step latency, small model {args.size}x{args.size}, {args.steps} steps, "
           f"{args.torch_threads} torch thread(s) per service, median of {args.runs}, "
