@@ -116,13 +116,14 @@ class DenoiseProgress(_message.Message):
     def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., preview_latents: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ...) -> None: ...
 
 class DenoiseResult(_message.Message):
-    __slots__ = ("latents", "steps", "queue_ms", "run_ms", "batch_peak", "lora_joined_step", "cache_bytes", "edit_mode")
+    __slots__ = ("latents", "steps", "queue_ms", "run_ms", "batch_peak", "lora_joined_step", "controlnet_wait_ms", "cache_bytes", "edit_mode")
     LATENTS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     RUN_MS_FIELD_NUMBER: _ClassVar[int]
     BATCH_PEAK_FIELD_NUMBER: _ClassVar[int]
     LORA_JOINED_STEP_FIELD_NUMBER: _ClassVar[int]
+    CONTROLNET_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
     EDIT_MODE_FIELD_NUMBER: _ClassVar[int]
     latents: _tensor_pb2.TensorRef
@@ -131,9 +132,10 @@ class DenoiseResult(_message.Message):
     run_ms: float
     batch_peak: int
     lora_joined_step: int
+    controlnet_wait_ms: float
     cache_bytes: int
     edit_mode: str
-    def __init__(self, latents: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., steps: _Optional[int] = ..., queue_ms: _Optional[float] = ..., run_ms: _Optional[float] = ..., batch_peak: _Optional[int] = ..., lora_joined_step: _Optional[int] = ..., cache_bytes: _Optional[int] = ..., edit_mode: _Optional[str] = ...) -> None: ...
+    def __init__(self, latents: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., steps: _Optional[int] = ..., queue_ms: _Optional[float] = ..., run_ms: _Optional[float] = ..., batch_peak: _Optional[int] = ..., lora_joined_step: _Optional[int] = ..., controlnet_wait_ms: _Optional[float] = ..., cache_bytes: _Optional[int] = ..., edit_mode: _Optional[str] = ...) -> None: ...
 
 class DenoiseEvent(_message.Message):
     __slots__ = ("progress", "result")

@@ -57,7 +57,9 @@ class GraphedControlNet:
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor,
                  cond: torch.Tensor, added: dict[str, torch.Tensor] | None = None) -> Residuals:
         """Residuals at scale 1; the returned tensors are the caller's."""
-        inputs: dict[str, Any] = {"sample": sample, "timestep": timestep.reshape(1),
+        # a static input must live on the device: nothing may be copied in during a replay
+        inputs: dict[str, Any] = {"sample": sample,
+                                  "timestep": timestep.reshape(1).to(sample.device),
                                   "embeds": embeds, "cond": cond}
         if added is not None:
             inputs["added"] = added

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import queue
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import torch
@@ -29,7 +30,7 @@ class ControlNetLink:
         self.exporter = exporter
         self.importer = importer
         self.peer = peer
-        self._outbox: "queue.Queue[Any]" = queue.Queue()
+        self._outbox: queue.Queue[Any] = queue.Queue()
         self._held: list[tensor_pb2.TensorRef] = []
         stub = controlnet_pb2_grpc.ControlNetStub(channels.get(address))
         self._outbox.put(controlnet_pb2.ControlNetStepRequest(

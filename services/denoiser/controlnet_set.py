@@ -13,6 +13,7 @@ step would read their residuals.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Protocol
 
 import torch
@@ -46,6 +47,7 @@ class ControlNetSet:
         self.stale = stale
         self._last: Residuals | None = None
         self._step = -1
+        self.wait_s = 0.0   # time spent waiting for answers: what running beside the UNet hides
 
     def __bool__(self) -> bool:
         return bool(self.links)
@@ -70,10 +72,12 @@ class ControlNetSet:
         if not self.links:
             return None
         if self._receives(self._step):
+            start = time.perf_counter()
             total: Residuals | None = None
             for link in self.links:
                 total = add_residuals(total, link.receive())
             self._last = total
+            self.wait_s += time.perf_counter() - start
         return self._last
 
     def close(self) -> None:

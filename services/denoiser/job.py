@@ -87,6 +87,7 @@ class FinalEvent:
     run_ms: float
     batch_peak: int = 1
     lora_step: int | None = None   # step at which the LoRAs joined (BAL); None without LoRAs
+    controlnet_wait_ms: float = 0.0  # time the step loop waited for ControlNet residuals
 
 
 @dataclass(frozen=True)

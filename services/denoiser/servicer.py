@@ -173,6 +173,7 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
                     latents=export(event.latents.cpu(), request.peer, request_id=job.request_id),
                     steps=event.steps, queue_ms=event.queue_ms, run_ms=event.run_ms,
                     batch_peak=event.batch_peak, lora_joined_step=event.lora_step or 0,
+                    controlnet_wait_ms=event.controlnet_wait_ms,
                     cache_bytes=job.edit.cache_bytes if job.edit is not None else 0,
                     edit_mode=job.edit.mode if job.edit is not None else ""))
                 return

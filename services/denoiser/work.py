@@ -169,7 +169,8 @@ class RequestWork(StepWork):
                 latents=state.latents.clone(), steps=total,
                 queue_ms=(self.started - job.submitted) * 1e3,
                 run_ms=(time.monotonic() - self.started) * 1e3, batch_peak=self.batch_peak,
-                lora_step=self.gate.patched_at if self.gate.full_patch else None))
+                lora_step=self.gate.patched_at if self.gate.full_patch else None,
+                controlnet_wait_ms=self.controls.wait_s * 1e3))
             return True
         preview = None
         if job.preview_every and state.index % job.preview_every == 0:
