@@ -190,6 +190,8 @@ class WorkflowRunner:
             metadata["cfg_partner"] = place.cfg_partner.replica_id
         if flow.loras:
             metadata["lora_joined_step"] = str(result.lora_joined_step)
+        if flow.controlnets:
+            metadata["denoise_controlnet_wait_ms"] = f"{result.controlnet_wait_ms:.1f}"
         if self.edits is not None and flow.template_id:
             metadata.update(self.edits.result(flow, result))
         return Outcome(pixels=pixels, png=images.to_png(pixels), metadata=metadata)
