@@ -7,7 +7,9 @@ t-1's residuals, so nothing waits for the ControlNet. Each mode runs a local
 fleet on the small model (every service a process, two ControlNet replicas, so
 two ControlNets of a request run on two replicas) with ``--torch-threads``
 threads per service; the step latency is the denoiser's run time over its steps
-(from the result metadata), median of N runs after one warm-up.
+(from the result metadata), and of it the time the step loop spent waiting for
+residuals (what running beside the UNet hides); median of N runs after one
+warm-up, the cases interleaved run by run.
 
     python bench/controlnet_parallel.py [--runs 5] [--steps 20] [--torch-threads 1]
 """
@@ -41,14 +43,16 @@ def ensure_models(root: Path) -> Path:
 
 
 def step_ms(client: dfleet.Client, count: int, stale: bool, seed: int, steps: int,
-            size: int) -> float:
-    """One request's denoiser time per step."""
+            size: int) -> tuple[float, float]:
+    """One request's denoiser time per step, and of it the time spent waiting for residuals."""
     nets = [dfleet.ControlNet(name, image=sample_image(7 + i, size))
             for i, name in enumerate(CONTROLNETS[:count])]
     result = client.generate("a house by a lake", seed=seed, steps=steps, width=size,
                              height=size, controlnets=nets,
                              approximations=dfleet.Approximations(stale_controlnet=stale))
-    return float(result.metadata["denoise_run_ms"]) / int(result.metadata["steps"])
+    steps_run = int(result.metadata["steps"])
+    wait = float(result.metadata.get("denoise_controlnet_wait_ms", 0.0))
+    return float(result.metadata["denoise_run_ms"]) / steps_run, wait / steps_run
 
 
 def main() -> int:
@@ -73,23 +77,26 @@ def main() -> int:
                 dfleet.Client(fleet.gateway_address, timeout=600) as client:
             for count, _, stale in cases:  # warm-up: every service's first request per case
                 step_ms(client, count, stale, 99, args.steps, args.size)
-            times: dict[str, list[float]] = {label: [] for _, label, _ in cases}
+            times: dict[str, list[tuple[float, float]]] = {label: [] for _, label, _ in cases}
             for run in range(args.runs):  # cases interleaved: background load hits them alike
                 for count, label, stale in cases:
                     times[label].append(step_ms(client, count, stale, run, args.steps,
                                                 args.size))
             for count, label, _ in cases:
                 rows.append(dict(controlnets=count, mode=label.split()[0],
-                                 step_ms=round(statistics.median(times[label]), 1),
-                                 runs_ms=[round(t, 1) for t in times[label]]))
+                                 step_ms=round(statistics.median(t for t, _ in times[label]), 1),
+                                 wait_ms=round(statistics.median(w for _, w in times[label]), 1),
+                                 runs_ms=[round(t, 1) for t, _ in times[label]]))
     base = next(r["step_ms"] for r in rows if r["controlnets"] == 0)
     print(f"\ndenoiser step latency, small model {args.size}x{args.size}, {args.steps} steps, "
           f"{args.torch_threads} torch thread(s) per service, median of {args.runs}, "
           f"{os.cpu_count()} CPUs")
-    print(f"{'ControlNets':<13}{'mode':<10}{'step ms':>9}{'vs base':>9}")
+    print(f"{'ControlNets':<13}{'mode':<10}{'step ms':>9}{'vs base':>9}"
+          f"{'waiting for residuals ms':>26}")
     for r in sorted(rows, key=lambda r: (r["controlnets"], r["mode"])):
         r["vs_base"] = round(r["step_ms"] / base, 3)
-        print(f"{r['controlnets']:<13}{r['mode']:<10}{r['step_ms']:>9}{r['vs_base']:>9}")
+        print(f"{r['controlnets']:<13}{r['mode']:<10}{r['step_ms']:>9}{r['vs_base']:>9}"
+              f"{r['wait_ms']:>26}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(date=str(date.today()), cpus=os.cpu_count(),
