@@ -47,11 +47,14 @@ POLICIES = ("mask_aware", "round_robin", "least_requests")
 
 
 def trace(n: int, rate: float, seed: int, small: float, large: float,
-          p_large: float) -> list[tuple[float, float]]:
-    """(arrival second, mask ratio) per request."""
+          p_large: float, pattern: str = "random") -> list[tuple[float, float]]:
+    """(arrival second, mask ratio) per request: masks drawn at random, or alternating
+    large/small (a client interleaving two kinds of edits)."""
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / rate, n))
     ratios = np.where(rng.random(n) < p_large, large, small)
+    if pattern == "alternating":
+        ratios = np.where(np.arange(n) % 2 == 0, large, small)
     return [(float(a - arrivals[0]), float(r)) for a, r in zip(arrivals, ratios, strict=True)]
 
 
@@ -189,7 +192,8 @@ def fleet_rounds(args: argparse.Namespace, policies: list[str]) -> dict[str, obj
            "DFLEET_EDIT_PLACEMENT": policies[0]}
     if Path(args.profile).exists():
         env["DFLEET_EDIT_COST_PROFILE"] = str(Path(args.profile).resolve())
-    requests = trace(args.requests, args.rate, args.seed, args.small, args.large, args.p_large)
+    requests = trace(args.requests, args.rate, args.seed, args.small, args.large, args.p_large,
+                     args.pattern)
     runs: dict[str, list[dict[str, object]]] = {p: [] for p in policies}
     round_p95: dict[str, list[float]] = {p: [] for p in policies}
     fleet = LocalFleet(str(models), replicas={"denoiser": 2}, env=env, startup_timeout_s=300)
@@ -219,6 +223,10 @@ def fleet_rounds(args: argparse.Namespace, policies: list[str]) -> dict[str, obj
                 round_p95[policy].append(float(np.percentile(lat, 95)))
                 print(f"round {round_index} {policy}: p95 {round_p95[policy][-1]:.2f} s, "
                       f"mean {statistics.fmean(lat):.2f} s", flush=True)
+    first = policies[0]
+    for other in policies[1:]:
+        wins = sum(a < b for a, b in zip(round_p95[first], round_p95[other], strict=True))
+        print(f"{first} had the lower p95 in {wins} of {args.rounds} rounds against {other}")
     print("\n| placement | p50 s | p95 s | mean s | median of round p95s | edits per replica "
           "(large) |")
     print("|---|---|---|---|---|---|")
@@ -246,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", type=float, default=0.05)
     parser.add_argument("--large", type=float, default=0.80)
     parser.add_argument("--p-large", type=float, default=0.4)
+    parser.add_argument("--pattern", choices=("random", "alternating"), default="random")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--models", default="bench/results/models-small")
@@ -259,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, object] = {
         "date": date.today().isoformat(), "cpus": os.cpu_count(), "steps": args.steps,
         "requests_per_round": args.requests, "rounds": args.rounds, "rate": args.rate,
+        "pattern": args.pattern,
         "mask_ratios": {"small": args.small, "large": args.large, "p_large": args.p_large}}
     if not args.no_fleet:
         result["fleet"] = fleet_rounds(args, policies)
