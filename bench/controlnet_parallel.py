@@ -1,15 +1,17 @@
 """Denoiser step latency with ControlNets run serially, in parallel with the UNet, and stale.
 
-Serial: the denoiser waits for the ControlNet residuals, then runs the whole
-UNet. Parallel (the default): the UNet's down and mid blocks run while the
-ControlNet replicas compute; only the up blocks wait. Stale: step t uses step
-t-1's residuals, so nothing waits for the ControlNet. Each mode runs a local
-fleet on the small model (every service a process, two ControlNet replicas, so
-two ControlNets of a request run on two replicas) with ``--torch-threads``
-threads per service; the step latency is the denoiser's run time over its steps
-(from the result metadata), and of it the time the step loop spent waiting for
-residuals (what running beside the UNet hides); median of N runs after one
-warm-up, the cases interleaved run by run.
+Serial: the step loop waits for the ControlNet residuals, then runs the whole
+UNet. Parallel (the service's default): the UNet's down and mid blocks run while
+the ControlNet replicas compute; only the up blocks wait. Stale: step t uses
+step t-1's residuals, so nothing waits for the ControlNet.
+
+Two denoiser engines (parallel and serial) run in this process on one loaded
+small model and talk over gRPC and shared memory to two real ControlNet
+processes (so two ControlNets of a request run on two replicas); each service
+uses ``--torch-threads`` threads. The cases are interleaved run by run, so
+background load hits them alike. Per case: the step latency (the step loop's
+run time over its steps) and of it the time spent waiting for residuals, which
+is what running beside the UNet hides. Median of N after a warm-up.
 
     python bench/controlnet_parallel.py [--runs 5] [--steps 20] [--torch-threads 1]
 """
@@ -21,6 +23,7 @@ import json
 import os
 import statistics
 import sys
+from contextlib import ExitStack
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -28,12 +31,22 @@ from typing import Any
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import dfleet  # noqa: E402
-from dfleet.local_fleet import LocalFleet  # noqa: E402
+import torch  # noqa: E402
+
+from bench.caches import service  # noqa: E402
+from services.common.channels import ChannelPool  # noqa: E402
+from services.common.model_store import ModelStore  # noqa: E402
 from services.common.tiny_model import write_tiny_model  # noqa: E402
-from tests.diffusers_reference import sample_image  # noqa: E402
+from services.common.transport import TensorExporter, TensorImporter, local_peer  # noqa: E402
+from services.denoiser.controlnet_link import ControlNetLink  # noqa: E402
+from services.denoiser.engine import DenoiserEngine  # noqa: E402
+from services.denoiser.job import ControlNetSpec, DenoiseJob  # noqa: E402
+from services.denoiser.offline import encode_prompts, run  # noqa: E402
+from services.denoiser.unet_models import unet_loader  # noqa: E402
 
 CONTROLNETS = ("tiny-cn-a", "tiny-cn-b")
+CASES = [(0, "none"), (1, "serial"), (1, "parallel"), (1, "stale"), (2, "serial"),
+         (2, "parallel"), (2, "stale")]
 
 
 def ensure_models(root: Path) -> Path:
@@ -42,17 +55,42 @@ def ensure_models(root: Path) -> Path:
     return root
 
 
-def step_ms(client: dfleet.Client, count: int, stale: bool, seed: int, steps: int,
-            size: int) -> tuple[float, float]:
-    """One request's denoiser time per step, and of it the time spent waiting for residuals."""
-    nets = [dfleet.ControlNet(name, image=sample_image(7 + i, size))
-            for i, name in enumerate(CONTROLNETS[:count])]
-    result = client.generate("a house by a lake", seed=seed, steps=steps, width=size,
-                             height=size, controlnets=nets,
-                             approximations=dfleet.Approximations(stale_controlnet=stale))
-    steps_run = int(result.metadata["steps"])
-    wait = float(result.metadata.get("denoise_controlnet_wait_ms", 0.0))
-    return float(result.metadata["denoise_run_ms"]) / steps_run, wait / steps_run
+class Bench:
+    def __init__(self, store: ModelStore, addresses: list[str], size: int, steps: int) -> None:
+        unets = unet_loader(store)
+        self.engines = {parallel: DenoiserEngine(unets.get, parallel_controlnet=parallel)
+                        for parallel in (True, False)}
+        self.embeds = encode_prompts(store, "tiny-sd", ["a house by a lake", ""])
+        self.addresses, self.size, self.steps = addresses, size, steps
+        self.channels, self.importer = ChannelPool(), TensorImporter()
+        self.exporter = TensorExporter("", role="bench")  # ControlNets release by piggyback
+
+    def step(self, count: int, mode: str, seed: int) -> tuple[float, float]:
+        """One request's step latency and residual wait per step, in ms."""
+        positive, negative = self.embeds
+        rows = torch.cat([negative, positive])
+        specs, links = [], []
+        for i, (name, address) in enumerate(zip(CONTROLNETS[:count], self.addresses,
+                                                strict=False)):
+            cond = torch.rand(1, 3, self.size, self.size,
+                              generator=torch.Generator().manual_seed(7 + i))
+            specs.append(ControlNetSpec(name, address, cond))
+            links.append(ControlNetLink(self.channels, address, f"bench-{seed}", name,
+                                        torch.cat([cond] * 2), rows, self.exporter,
+                                        self.importer, local_peer(), local_peer(), 600))
+        job = DenoiseJob(request_id=f"bench-{seed}", model="tiny-sd", prompt_embeds=positive,
+                         negative_prompt_embeds=negative, width=self.size, height=self.size,
+                         num_inference_steps=self.steps, guidance_scale=7.5, seed=seed,
+                         controlnets=specs, stale_controlnet=mode == "stale")
+        final = run(self.engines[mode != "serial"], job, links)
+        return final.run_ms / final.steps, final.controlnet_wait_ms / final.steps
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.stop()
+        self.exporter.close()
+        self.importer.close()
+        self.channels.close()
 
 
 def main() -> int:
@@ -65,36 +103,34 @@ def main() -> int:
     parser.add_argument("--out", default="bench/results/controlnet_parallel.json")
     args = parser.parse_args()
     models = ensure_models(Path(args.models))
+    torch.set_num_threads(args.torch_threads)
+    threads = ["--torch-threads", str(args.torch_threads)]
+    times: dict[tuple[int, str], list[tuple[float, float]]] = {case: [] for case in CASES}
+    with ExitStack() as stack:
+        addresses = [stack.enter_context(service("controlnet", models, *threads))
+                     for _ in CONTROLNETS]
+        bench = Bench(ModelStore(models), addresses, args.size, args.steps)
+        stack.callback(bench.close)
+        with torch.inference_mode():
+            for case in CASES:  # warm-up: first requests load and allocate
+                bench.step(*case, seed=99)
+            for run_index in range(args.runs):
+                for case in CASES:
+                    times[case].append(bench.step(*case, seed=run_index))
     rows: list[dict[str, Any]] = []
-    plan = {False: [(0, "none", False), (1, "serial 1", False), (2, "serial 2", False)],
-            True: [(1, "parallel 1", False), (1, "stale 1", True), (2, "parallel 2", False),
-                   (2, "stale 2", True)]}
-    for parallel, cases in plan.items():
-        env = {"DFLEET_PARALLEL_CONTROLNET": str(parallel).lower(),
-               "DFLEET_TORCH_THREADS": str(args.torch_threads),
-               "OMP_NUM_THREADS": str(args.torch_threads)}
-        with LocalFleet(str(models), replicas={"controlnet": 2}, env=env) as fleet, \
-                dfleet.Client(fleet.gateway_address, timeout=600) as client:
-            for count, _, stale in cases:  # warm-up: every service's first request per case
-                step_ms(client, count, stale, 99, args.steps, args.size)
-            times: dict[str, list[tuple[float, float]]] = {label: [] for _, label, _ in cases}
-            for run in range(args.runs):  # cases interleaved: background load hits them alike
-                for count, label, stale in cases:
-                    times[label].append(step_ms(client, count, stale, run, args.steps,
-                                                args.size))
-            for count, label, _ in cases:
-                rows.append(dict(controlnets=count, mode=label.split()[0],
-                                 step_ms=round(statistics.median(t for t, _ in times[label]), 1),
-                                 wait_ms=round(statistics.median(w for _, w in times[label]), 1),
-                                 runs_ms=[round(t, 1) for t, _ in times[label]]))
-    base = next(r["step_ms"] for r in rows if r["controlnets"] == 0)
+    base = statistics.median(t for t, _ in times[(0, "none")])
+    for (count, mode), values in times.items():
+        step = statistics.median(t for t, _ in values)
+        rows.append(dict(controlnets=count, mode=mode, step_ms=round(step, 1),
+                         vs_base=round(step / base, 3),
+                         wait_ms=round(statistics.median(w for _, w in values), 1),
+                         runs_ms=[round(t, 1) for t, _ in values]))
     print(f"\ndenoiser step latency, small model {args.size}x{args.size}, {args.steps} steps, "
-          f"{args.torch_threads} torch thread(s) per service, median of {args.runs}, "
-          f"{os.cpu_count()} CPUs")
+          f"{args.torch_threads} torch thread(s) per process, ControlNets in their own "
+          f"processes, median of {args.runs}, {os.cpu_count()} CPUs")
     print(f"{'ControlNets':<13}{'mode':<10}{'step ms':>9}{'vs base':>9}"
           f"{'waiting for residuals ms':>26}")
-    for r in sorted(rows, key=lambda r: (r["controlnets"], r["mode"])):
-        r["vs_base"] = round(r["step_ms"] / base, 3)
+    for r in rows:
         print(f"{r['controlnets']:<13}{r['mode']:<10}{r['step_ms']:>9}{r['vs_base']:>9}"
               f"{r['wait_ms']:>26}")
     out = Path(args.out)
