@@ -1,6 +1,6 @@
 """Fleet latency over in-process diffusers latency, for txt2img and ControlNet workflows.
 
-Runs on the "small" generated model (256x256, a UNet step of tens of ms on a
+Runs on the "small" generated model (128x128, a UNet step of tens of ms on a
 2-core CPU): each workflow 1 warm-up + N timed runs through plain diffusers
 pipelines in this process, then the same through a local fleet (every service a
 process, tensors by shared memory), seen from the SDK. Prints a table of
@@ -82,7 +82,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--models", default="bench/results/models-small")
     parser.add_argument("--out", default="bench/results/fleet_overhead.json")
     args = parser.parse_args()
