@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Spinning OpenMP workers starve other threads (the activation cache loader, gRPC) when the
+# machine is busy: a tiny-model forward then takes seconds instead of milliseconds.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

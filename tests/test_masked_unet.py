@@ -79,7 +79,7 @@ def test_masked_forward_on_the_recorded_input_equals_the_dense_forward(
     loader = CacheLoader(overlap=overlap)
     n = len(masked.blocks)
     combos = [[True] * n, [False] * n] + [list(c) for c in itertools.islice(
-        itertools.product((True, False), repeat=n), 3, None, 29)]
+        itertools.product((True, False), repeat=n), 5, None, 58)]
     for halo, modes in itertools.product((0, 2), combos):
         plan = RegionPlan(box(16, 3, 5, 4, 6)[None], [2], halo=halo, levels=2)
         load = loader.start([RecordRows(reader, 0, 2)], plan, masked.blocks, modes)
