@@ -96,8 +96,14 @@ def _image_input(image: ImageLike) -> gateway_pb2.ImageInput:
 
 
 def build_request(prompt: str, params: GenerateParams) -> gateway_pb2.GenerateRequest:
-    """The ``GenerateRequest`` for ``prompt`` and ``params``; a missing seed is drawn at random."""
+    """The ``GenerateRequest`` for ``prompt`` and ``params``.
+
+    A missing seed is drawn at random, except for a template edit, where 0 asks for the
+    template's own seed (the one its cached activations were recorded with).
+    """
     seed = params.get("seed")
+    if seed is None:
+        seed = 0 if params.get("template_id") else secrets.randbelow(2**32)
     request = gateway_pb2.GenerateRequest(
         request_id=params.get("request_id", ""),
         model=params.get("model", ""),
@@ -106,7 +112,7 @@ def build_request(prompt: str, params: GenerateParams) -> gateway_pb2.GenerateRe
         width=params.get("width") or 0,
         height=params.get("height") or 0,
         num_inference_steps=params.get("steps") or 0,
-        seed=secrets.randbelow(2**32) if seed is None else seed,
+        seed=seed,
         strength=params.get("strength") or 0.0,
         preview=params.get("preview", False),
         return_pixels=params.get("return_pixels", False),
