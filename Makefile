@@ -1,7 +1,7 @@
 PY ?= .venv/bin/python
 MODELS ?= models
 
-.PHONY: setup redis demo test protos lint bench bench-serving chart-check down
+.PHONY: setup redis demo test protos lint bench bench-editing bench-gpu bench-serving chart-check down
 
 setup: .venv/.installed
 
@@ -39,6 +39,17 @@ lint: setup
 
 bench: setup
 	$(PY) bench/fleet_overhead.py
+	$(PY) bench/controlnet_parallel.py
+	$(PY) bench/bal.py
+	$(PY) bench/caches.py
+	$(PY) bench/approximation_quality.py
+
+bench-editing: setup
+	$(PY) bench/masked_editing.py
+	$(PY) bench/edit_placement.py
+
+bench-gpu: setup
+	$(PY) bench/gpu_workflow.py
 
 bench-serving: setup
 	$(PY) bench/serving.py
