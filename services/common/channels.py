@@ -6,11 +6,10 @@ import threading
 
 import grpc
 
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
+from services.common.transport.importer import MESSAGE_SIZE_OPTIONS
+
+# One message-size limit for every server and channel of a process: the transport's.
+CHANNEL_OPTIONS = MESSAGE_SIZE_OPTIONS
 
 
 class ChannelPool:
