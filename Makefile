@@ -54,5 +54,5 @@ bench-gpu: setup
 bench-serving: setup
 	$(PY) bench/serving.py
 
-chart-check:
-	bash charts/check.sh
+chart-check: setup
+	PYTHON=$(if $(findstring /,$(PY)),$(abspath $(PY)),$(PY)) bash charts/check.sh
