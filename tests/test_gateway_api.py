@@ -127,8 +127,12 @@ def test_hopeless_deadline_is_refused_at_admission(fleet: Any) -> None:
 
 def test_deadline_stops_the_denoiser_mid_run(fleet: Any) -> None:
     """A node service enforces the deadline it is called with, at a step boundary."""
-    from diffusion.v1 import (denoiser_pb2, denoiser_pb2_grpc, text_encoder_pb2,
-                              text_encoder_pb2_grpc)
+    from diffusion.v1 import (
+        denoiser_pb2,
+        denoiser_pb2_grpc,
+        text_encoder_pb2,
+        text_encoder_pb2_grpc,
+    )
 
     address = {s.role: s.address for s in fleet.services}
     with grpc.insecure_channel(address["text_encoder"]) as te_channel, \

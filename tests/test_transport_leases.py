@@ -144,7 +144,7 @@ def test_metrics_register_once_for_many_exporters() -> None:
     refs = [e.export(torch.zeros(1000), PEER) for e in exporters]
     assert _metric("dfleet_transport_active_leases", role="metrics-test") == before + 3
     assert _metric("dfleet_transport_bytes_total", role="metrics-test", kind="host_shm") >= 12_000
-    for e, ref in zip(exporters, refs):
+    for e, ref in zip(exporters, refs, strict=True):
         e.release([ref.lease.lease_id])
         e.close()
     assert _metric("dfleet_transport_active_leases", role="metrics-test") == before

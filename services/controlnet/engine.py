@@ -3,7 +3,8 @@
 The models come from a :class:`~services.controlnet.cache.ControlNetCache`;
 a stream holds its ControlNet from :meth:`ControlNetEngine.acquire` to
 :meth:`ControlNetEngine.release`. On a CUDA device the model can run as CUDA
-graphs (residuals captured at scale 1 and scaled afterwards).
+graphs (residuals captured at scale 1 and scaled afterwards). Loads and
+steps run on the engine's :class:`~services.common.compute.ComputeThread`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from services.common.compute import ComputeThread
 from services.common.errors import FailedPrecondition
 from services.common.model_store import ModelStore
 from services.controlnet.cache import ControlNetCache
@@ -51,6 +53,7 @@ class ControlNetEngine:
         self.device = torch.device(device)
         self.dtype = dtype
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.compute = ComputeThread("controlnet-compute")
         self.cache = ControlNetCache(lambda name: store.load_controlnet(name, dtype),
                                      budget_bytes, self._place)
 
@@ -62,7 +65,7 @@ class ControlNetEngine:
     def acquire(self, name: str) -> ResidentControlNet:
         """NOT_FOUND for an unknown name; the model stays resident until :meth:`release`."""
         self.store.get(name, ("controlnet",), field="controlnet")
-        resident: ResidentControlNet = self.cache.acquire(name)
+        resident: ResidentControlNet = self.compute.run(self.cache.acquire, name)
         return resident
 
     def release(self, name: str) -> None:
@@ -74,6 +77,12 @@ class ControlNetEngine:
     def step(self, controlnet: ResidentControlNet, latents: torch.Tensor,
              timestep: torch.Tensor, prompt_embeds: torch.Tensor, cond_image: torch.Tensor,
              scale: float, added_cond: dict[str, torch.Tensor] | None = None) -> Residuals:
+        return self.compute.run(self._step, controlnet, latents, timestep, prompt_embeds,
+                                cond_image, scale, added_cond)
+
+    def _step(self, controlnet: ResidentControlNet, latents: torch.Tensor,
+              timestep: torch.Tensor, prompt_embeds: torch.Tensor, cond_image: torch.Tensor,
+              scale: float, added_cond: dict[str, torch.Tensor] | None = None) -> Residuals:
         latents = latents.to(self.device, self.dtype)
         prompt_embeds = prompt_embeds.to(self.device, self.dtype)
         cond_image = cond_image.to(self.device, self.dtype)
@@ -93,6 +102,12 @@ class ControlNetEngine:
               timestep: torch.Tensor, prompt_embeds: torch.Tensor, cond_image: torch.Tensor,
               added_cond: dict[str, torch.Tensor] | None = None) -> Residuals:
         """What a conditioning scale of 0 gives, without running the model twice per shape."""
-        down, mid = self.step(controlnet, latents, timestep, prompt_embeds, cond_image, 0.0,
-                              added_cond)
+        return self.compute.run(self._zeros, controlnet, latents, timestep, prompt_embeds,
+                                cond_image, added_cond)
+
+    def _zeros(self, controlnet: ResidentControlNet, latents: torch.Tensor,
+               timestep: torch.Tensor, prompt_embeds: torch.Tensor, cond_image: torch.Tensor,
+               added_cond: dict[str, torch.Tensor] | None = None) -> Residuals:
+        down, mid = self._step(controlnet, latents, timestep, prompt_embeds, cond_image, 0.0,
+                               added_cond)
         return [torch.zeros_like(d) for d in down], torch.zeros_like(mid)

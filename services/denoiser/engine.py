@@ -9,6 +9,9 @@ parallelism) it waits for its partner's half of the step, or (partner side)
 the next step's rows have not arrived. The loop serves the other works
 meanwhile and sleeps only when none can step; :meth:`DenoiserEngine.wake`
 ends the sleep.
+
+All tensor work (loading a UNet, preparing a request, every round of the
+loop) runs on the engine's :class:`~services.common.compute.ComputeThread`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import torch
 
+from services.common.compute import ComputeThread
 from services.common.errors import FleetError
 from services.denoiser.bal import LoraGate, LoraLayers
 from services.denoiser.controlnet_set import ControlNetSet
@@ -46,7 +50,8 @@ class DenoiserEngine:
                  = run_batch
                  ) -> None:
         """``runner`` runs one batch (:func:`run_batch`, or one that also serves edits)."""
-        self.load_unet = load_unet
+        self.compute = ComputeThread("denoise-compute")
+        self._load_unet = load_unet
         self.runner = runner
         self.max_batch_requests = max_batch_requests
         self.parallel_controlnet = parallel_controlnet
@@ -61,6 +66,10 @@ class DenoiserEngine:
         self._thread.start()
 
     # called from request threads
+    def load_unet(self, model: str) -> LoadedUnet:
+        """The loaded UNet of ``model`` (loaded on the compute thread when new)."""
+        return self.compute.run(self._load_unet, model)
+
     def submit(self, job: DenoiseJob, controls: ControlNetSet,
                loras: Future[LoraLayers] | None = None, bound: int = 0,
                partner: Callable[[RequestState], CfgPartner] | None = None) -> RequestWork:
@@ -69,7 +78,7 @@ class DenoiserEngine:
         ``partner`` opens the CFG pass for the prepared request (CFG parallelism).
         """
         model = self.load_unet(job.model)
-        state = prepare(job, model.info)
+        state = self.compute.run(prepare, job, model.info)
         patch: Patch = tuple(sorted((spec.name, spec.scale) for spec in job.loras))
         checked = self.checked_loras(job.model, loras) if patch else None
         link = partner(state) if partner is not None and job.do_cfg else None
@@ -98,6 +107,7 @@ class DenoiserEngine:
             self._stop = True
             self._lock.notify()
         self._thread.join(timeout=10)
+        self.compute.shutdown()
 
     def checked_loras(self, model: str, loras: Future[LoraLayers] | None
                       ) -> Future[LoraLayers]:
@@ -122,8 +132,7 @@ class DenoiserEngine:
 
     # the loop
     def _loop(self) -> None:
-        with torch.inference_mode():
-            self._serve()
+        self._serve()
 
     def _serve(self) -> None:
         while True:
@@ -137,29 +146,37 @@ class DenoiserEngine:
                 self._woken = False
                 self._active.extend(self._pending)
                 self._pending.clear()
-            self._drop_expired()
-            self._settle()
-            runnable = [work for work in list(self._active) if self._runnable(work)]
-            if not runnable:
-                continue
-            with self._lock:
-                self._woken = True  # more steps to run: do not sleep before the next round
-            for group in self._groups(runnable):
+            self.compute.run(self._round)
+
+    def _round(self) -> None:
+        """Settles what can be settled, then runs one step of every runnable work."""
+        with torch.inference_mode():
+            self._step_all()
+
+    def _step_all(self) -> None:
+        self._drop_expired()
+        self._settle()
+        runnable = [work for work in list(self._active) if self._runnable(work)]
+        if not runnable:
+            return
+        with self._lock:
+            self._woken = True  # more steps to run: do not sleep before the next round
+        for group in self._groups(runnable):
+            for work in group:
+                work.last_batch = len(group)
+            try:
+                completed = self.runner(self.load_unet(group[0].model), group,
+                                        self.parallel_controlnet)
+            except Exception as exc:  # noqa: BLE001 - reported to each work in the batch
                 for work in group:
-                    work.last_batch = len(group)
-                try:
-                    completed = self.runner(self.load_unet(group[0].model), group,
-                                            self.parallel_controlnet)
-                except Exception as exc:  # noqa: BLE001 - reported to each work in the batch
-                    for work in group:
-                        self._report_failure(work, exc)
-                    continue
-                self.batches_run += 1
-                for work, outcome in zip(group, completed, strict=True):
-                    if isinstance(outcome, Exception):
-                        self._report_failure(work, outcome)
-                    elif outcome:
-                        self._after_step(work)
+                    self._report_failure(work, exc)
+                continue
+            self.batches_run += 1
+            for work, outcome in zip(group, completed, strict=True):
+                if isinstance(outcome, Exception):
+                    self._report_failure(work, outcome)
+                elif outcome:
+                    self._after_step(work)
 
     def _runnable(self, work: StepWork) -> bool:
         try:

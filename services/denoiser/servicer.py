@@ -59,7 +59,8 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
         rows = job.prompt_embeds
         if job.do_cfg and job.cfg_partner is None:
             assert job.negative_prompt_embeds is not None
-            rows = torch.cat([job.negative_prompt_embeds, job.prompt_embeds])
+            rows = self.engine.compute.run(torch.cat, [job.negative_prompt_embeds,
+                                                       job.prompt_embeds])
         controls = ControlNetSet([], 0, job.stale_controlnet)
         try:
             controls.links = self._links(job.request_id, job.controlnets, rows, context)
@@ -72,7 +73,7 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
                                         job.num_inference_steps)
             if (job.edit is not None and self.editor is not None and not job.loras
                     and job.cfg_partner is None):  # otherwise an ordinary (exact) request
-                submit_edit(self.engine, self.editor, job, controls)
+                self.engine.compute.run(submit_edit, self.engine, self.editor, job, controls)
             else:
                 self.engine.submit(job, controls, loras, bound, self._partner(job, context))
         except Exception:

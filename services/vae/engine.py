@@ -1,9 +1,13 @@
-"""VAE encode/decode with the arithmetic of the Stable Diffusion pipelines."""
+"""VAE encode/decode with the arithmetic of the Stable Diffusion pipelines.
+
+Loads and passes run on the engine's :class:`~services.common.compute.ComputeThread`.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from services.common.compute import ComputeThread
 from services.common.errors import InvalidArgument
 from services.common.loaded_models import LoadedModels
 from services.common.model_store import ModelStore
@@ -13,12 +17,16 @@ class VaeEngine:
     def __init__(self, store: ModelStore) -> None:
         self.store = store
         self.models: LoadedModels = LoadedModels(store.load_vae)
+        self.compute = ComputeThread("vae-compute")
 
     def encode(self, model: str, image: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` in [-1, 1] -> the encoder's moments ``[B, 2C, H/8, W/8]``."""
         if image.dim() != 4 or image.shape[1] != 3:
             raise InvalidArgument(f"image must be [B, 3, H, W], got {list(image.shape)}",
                                   field="image")
+        return self.compute.run(self._encode, model, image)
+
+    def _encode(self, model: str, image: torch.Tensor) -> torch.Tensor:
         vae = self.models.get(model)
         with torch.inference_mode():
             return vae.encode(image.to(vae.dtype)).latent_dist.parameters.clone()
@@ -28,6 +36,9 @@ class VaeEngine:
         if latents.dim() != 4:
             raise InvalidArgument(f"latents must be [B, C, h, w], got {list(latents.shape)}",
                                   field="latents")
+        return self.compute.run(self._decode, model, latents)
+
+    def _decode(self, model: str, latents: torch.Tensor) -> torch.Tensor:
         vae = self.models.get(model)
         with torch.inference_mode():
             scaled = latents.to(vae.dtype) / vae.config.scaling_factor

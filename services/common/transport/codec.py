@@ -79,6 +79,21 @@ def decode_inline(data: bytes, dtype: torch.dtype, shape: Sequence[int]) -> torc
     return torch.frombuffer(bytearray(data), dtype=dtype).reshape(tuple(shape))
 
 
+def copy_host(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Copies ``src`` into CPU ``dst`` (same dtype and shape) and returns ``dst``.
+
+    Contiguous tensors are copied as bytes, which starts no OpenMP region on the
+    calling thread (see :mod:`services.common.compute` for why that matters).
+    """
+    if dst.numel() == 0:
+        return dst
+    if src.device.type == "cpu" and src.is_contiguous() and dst.is_contiguous():
+        dst.reshape(-1).view(torch.uint8).numpy()[:] = src.reshape(-1).view(torch.uint8).numpy()
+    else:
+        dst.copy_(src)
+    return dst
+
+
 def view_buffer(
     buffer: mmap.mmap | memoryview | bytearray,
     offset: int,

@@ -12,7 +12,12 @@ import torch
 
 from diffusion.v1 import tensor_pb2
 from services.common.transport import metrics
-from services.common.transport.codec import encode_inline, new_ref, view_buffer
+from services.common.transport.codec import (
+    copy_host,
+    encode_inline,
+    new_ref,
+    view_buffer,
+)
 from services.common.transport.cuda_ipc import CudaPool
 from services.common.transport.hostinfo import gpu_uuid, host_id, same_gpu
 from services.common.transport.leases import LeaseTable, Slot, TensorLease
@@ -152,7 +157,7 @@ class TensorExporter:
             self._fallback("shm_error")
             return False
         try:
-            view_buffer(slot.segment.buffer, 0, tensor.dtype, tensor.shape).copy_(tensor)
+            copy_host(view_buffer(slot.segment.buffer, 0, tensor.dtype, tensor.shape), tensor)
         except BaseException:
             slot.free()
             raise

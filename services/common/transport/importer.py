@@ -13,7 +13,7 @@ import torch
 
 from diffusion.v1 import tensor_pb2, tensor_pb2_grpc
 from services.common.transport import metrics
-from services.common.transport.codec import decode_inline, ref_layout, view_buffer
+from services.common.transport.codec import copy_host, decode_inline, ref_layout, view_buffer
 from services.common.transport.cuda_ipc import OpenedPools
 from services.common.transport.errors import TransportError
 from services.common.transport.shm_attach import DEFAULT_BUDGET_BYTES, AttachedSegments
@@ -63,7 +63,8 @@ class TensorImporter:
         if kind == "inline":
             if len(ref.inline) != nbytes:
                 raise TransportError(
-                    f"inline payload has {len(ref.inline)} bytes, {list(shape)} {dtype} needs {nbytes}"
+                    f"inline payload has {len(ref.inline)} bytes, "
+                    f"{list(shape)} {dtype} needs {nbytes}"
                 )
             out = decode_inline(ref.inline, dtype, shape).to(device)
         elif kind == "host_shm":
@@ -140,7 +141,9 @@ class TensorImporter:
         if payload.offset % max(1, torch.empty((), dtype=dtype).element_size()):
             raise TransportError(f"offset {payload.offset} is not aligned for {dtype}")
         view = view_buffer(segment.buffer, payload.offset, dtype, shape)
-        return view.clone() if device.type == "cpu" else view.to(device)
+        if device.type == "cpu":
+            return copy_host(torch.empty(shape, dtype=dtype), view)
+        return view.to(device)
 
     def _load_cuda(
         self,
