@@ -2,11 +2,13 @@
 
 Runs on the "small" generated model (128x128, a UNet step of tens of ms on a
 2-core CPU): each workflow 1 warm-up + N timed runs through plain diffusers
-pipelines in this process, then the same through a local fleet (every service a
-process, tensors by shared memory), seen from the SDK. Prints a table of
+pipelines in this process and through a local fleet (every service a process,
+tensors by shared memory, seen from the SDK), alternating one run of each so
+that drift in a shared machine's speed falls on both. Prints a table of
 medians and writes JSON. Goal: fleet / diffusers <= 1.10.
 
-    python bench/fleet_overhead.py [--runs 5] [--steps 20] [--out bench/results/fleet_overhead.json]
+    python bench/fleet_overhead.py [--runs 5] [--steps 20] [--workflows txt2img controlnet]
+        [--out bench/results/fleet_overhead.json]
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import TypeVar
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,6 +36,7 @@ from services.common.tiny_model import write_tiny_model  # noqa: E402
 from tests.diffusers_reference import LOAD, sample_image  # noqa: E402
 
 WORKFLOWS = ("txt2img", "controlnet")
+T = TypeVar("T")
 
 
 def ensure_model(root: Path) -> Path:
@@ -40,7 +45,9 @@ def ensure_model(root: Path) -> Path:
     return root
 
 
-def diffusers_latency(models: Path, workflow: str, steps: int, runs: int, size: int) -> list[float]:
+def diffusers_pipeline(models: Path, workflow: str, steps: int, size: int
+                       ) -> Callable[[int], object]:
+    """One plain diffusers call of ``workflow`` per seed, in this process."""
     import diffusers
 
     base = models / "tiny-sd"
@@ -55,27 +62,44 @@ def diffusers_latency(models: Path, workflow: str, steps: int, runs: int, size: 
     else:
         pipe = diffusers.StableDiffusionPipeline.from_pretrained(base, **LOAD)
     pipe.set_progress_bar_config(disable=True)
-    times = []
-    for i in range(runs + 1):
-        start = time.perf_counter()
+
+    def call(seed: int) -> object:
         with torch.no_grad():
-            pipe(generator=torch.Generator().manual_seed(i), **kwargs)
-        times.append((time.perf_counter() - start) * 1e3)
-    return times[1:]
+            return pipe(generator=torch.Generator().manual_seed(seed), **kwargs)
+    return call
 
 
-def fleet_latency(client: dfleet.Client, workflow: str, steps: int, runs: int,
-                  size: int) -> tuple[list[float], list[dict[str, str]]]:
+def fleet_call(client: dfleet.Client, workflow: str, steps: int, size: int
+               ) -> Callable[[int], dfleet.Result]:
+    """One request of ``workflow`` per seed through the fleet, seen from the SDK."""
     params: dict[str, object] = dict(steps=steps, width=size, height=size)
     if workflow == "controlnet":
         params["controlnets"] = [dfleet.ControlNet("tiny-cn-a", image=sample_image(7, size))]
-    times, metas = [], []
-    for i in range(runs + 1):
-        start = time.perf_counter()
-        result = client.generate("a lighthouse at dusk", seed=i, **params)  # type: ignore[arg-type]
-        times.append((time.perf_counter() - start) * 1e3)
+
+    def call(seed: int) -> dfleet.Result:
+        return client.generate("a lighthouse at dusk", seed=seed, **params)  # type: ignore[arg-type]
+    return call
+
+
+def timed(call: Callable[[int], T], seed: int) -> tuple[float, T]:
+    start = time.perf_counter()
+    out = call(seed)
+    return (time.perf_counter() - start) * 1e3, out
+
+
+def measure(plain: Callable[[int], object], fleet: Callable[[int], dfleet.Result],
+            runs: int) -> tuple[list[float], list[float], list[dict[str, str]]]:
+    """Alternates the two (after one warm-up each), so drift in the machine's speed
+    falls on both alike."""
+    plain(0)
+    fleet(0)
+    plain_ms, fleet_ms, metas = [], [], []
+    for i in range(1, runs + 1):
+        plain_ms.append(timed(plain, i)[0])
+        ms, result = timed(fleet, i)
+        fleet_ms.append(ms)
         metas.append(result.metadata)
-    return times[1:], metas[1:]
+    return plain_ms, fleet_ms, metas
 
 
 def main() -> int:
@@ -84,30 +108,36 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--models", default="bench/results/models-small")
+    parser.add_argument("--workflows", nargs="+", choices=WORKFLOWS, default=list(WORKFLOWS))
     parser.add_argument("--out", default="bench/results/fleet_overhead.json")
     args = parser.parse_args()
     models = ensure_model(Path(args.models))
     rows = []
-    plain = {w: diffusers_latency(models, w, args.steps, args.runs, args.size) for w in WORKFLOWS}
+    plain = {w: diffusers_pipeline(models, w, args.steps, args.size) for w in args.workflows}
     with LocalFleet(str(models)) as fleet, dfleet.Client(fleet.gateway_address,
                                                          timeout=600) as client:
-        for workflow in WORKFLOWS:
-            times, metas = fleet_latency(client, workflow, args.steps, args.runs, args.size)
-            d, f = statistics.median(plain[workflow]), statistics.median(times)
+        for workflow in args.workflows:
+            d_runs, f_runs, metas = measure(plain[workflow],
+                                            fleet_call(client, workflow, args.steps, args.size),
+                                            args.runs)
+            d, f = statistics.median(d_runs), statistics.median(f_runs)
             steps_run = int(metas[0]["steps"])
             rows.append(dict(workflow=workflow, diffusers_ms=round(d, 1), fleet_ms=round(f, 1),
                              ratio=round(f / d, 3),
+                             paired_ratio=round(statistics.median(
+                                 fr / dr for fr, dr in zip(f_runs, d_runs, strict=True)), 3),
                              diffusers_step_ms=round(d / steps_run, 1),
                              fleet_denoise_ms=round(statistics.median(
                                  float(m["denoise_run_ms"]) for m in metas), 1),
-                             diffusers_runs_ms=[round(t, 1) for t in plain[workflow]],
-                             fleet_runs_ms=[round(t, 1) for t in times]))
+                             diffusers_runs_ms=[round(t, 1) for t in d_runs],
+                             fleet_runs_ms=[round(t, 1) for t in f_runs]))
     print(f"\nfleet vs in-process diffusers, {args.size}x{args.size}, {args.steps} steps, "
           f"median of {args.runs}, {os.cpu_count()} CPUs")
-    print(f"{'workflow':<12}{'diffusers ms':>14}{'fleet ms':>10}{'ratio':>8}{'step ms':>9}")
+    print(f"{'workflow':<12}{'diffusers ms':>14}{'fleet ms':>10}{'ratio':>8}{'paired':>8}"
+          f"{'step ms':>9}")
     for r in rows:
         print(f"{r['workflow']:<12}{r['diffusers_ms']:>14}{r['fleet_ms']:>10}{r['ratio']:>8}"
-              f"{r['diffusers_step_ms']:>9}")
+              f"{r['paired_ratio']:>8}{r['diffusers_step_ms']:>9}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(date=str(date.today()), machine=platform.machine(),
