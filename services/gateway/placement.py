@@ -4,13 +4,20 @@ The denoiser is chosen by the cost model (earliest estimated finish); the
 other roles prefer replicas that already hold the model, then the least
 loaded, then the one on the denoiser's host (so tensors move by shared
 memory); a round-robin counter breaks ties.
+
+Heartbeats report a replica's load every few seconds; a burst placed in
+between would all see the same stale figure and land on one replica. So the
+placer also counts the requests it has itself sent to each denoiser and still
+awaits, and takes the larger of the two.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 
 from diffusion.v1 import tensor_pb2
 from services.common.errors import Unavailable
@@ -45,6 +52,24 @@ class Placer:
         self.fleet = fleet
         self.costs = costs or CostSettings()
         self._tie = itertools.count()
+        self._lock = threading.Lock()
+        self._assigned: Counter[str] = Counter()
+
+    def assign(self, replica_id: str) -> None:
+        """A request of this gateway now runs on (or waits for) ``replica_id``."""
+        with self._lock:
+            self._assigned[replica_id] += 1
+
+    def unassign(self, replica_id: str) -> None:
+        with self._lock:
+            self._assigned[replica_id] -= 1
+            if self._assigned[replica_id] <= 0:
+                del self._assigned[replica_id]
+
+    def _with_own_load(self, replicas: list[ReplicaInfo]) -> list[ReplicaInfo]:
+        with self._lock:
+            return [replace(r, load=max(r.load, self._assigned.get(r.replica_id, 0)))
+                    for r in replicas]
 
     def _live(self, role: str, wait_s: float) -> list[ReplicaInfo]:
         """Live replicas of ``role``; waits up to ``wait_s`` for one to come up."""
@@ -71,7 +96,7 @@ class Placer:
     def best_denoiser(self, model: str, steps: int, loras: list[str], payload_bytes: int,
                       wait_s: float = 0.0) -> Estimate:
         """The denoiser replica with the earliest estimated finish (the scheduler's choice)."""
-        replicas = self._live("denoiser", wait_s)
+        replicas = self._with_own_load(self._live("denoiser", wait_s))
         turn = next(self._tie)
         estimates = [estimate(r, model=model, steps=steps, loras=loras, gateway_host=host_id(),
                               payload_bytes=payload_bytes, settings=self.costs)

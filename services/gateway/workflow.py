@@ -84,12 +84,18 @@ class WorkflowRunner:
         denoiser = chosen.replica
         if self.edits is not None and flow.template_id:
             denoiser = self.edits.place(flow, self.fleet.replicas("denoiser") or [denoiser])
-        place = self.placer.place(flow.model, [c.name for c in flow.controlnets],
-                                  bool(flow.loras), denoiser, self._wait_limit(deadline),
-                                  cfg_parallel=flow.cfg_parallel and flow.do_cfg)
+        self.placer.assign(denoiser.replica_id)
+        try:
+            place = self.placer.place(flow.model, [c.name for c in flow.controlnets],
+                                      bool(flow.loras), denoiser, self._wait_limit(deadline),
+                                      cfg_parallel=flow.cfg_parallel and flow.do_cfg)
+        except BaseException:
+            self.placer.unassign(denoiser.replica_id)
+            raise
         try:
             return self._run(flow, place, emit, deadline, is_cancelled, started, depth)
         finally:
+            self.placer.unassign(denoiser.replica_id)
             self._release(flow.request_id, place)
             if self.edits is not None and flow.template_id:
                 self.edits.release(flow)
