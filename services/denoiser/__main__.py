@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import grpc
@@ -21,6 +22,17 @@ from services.denoiser.template_editing import TemplateEditor
 from services.denoiser.unet_models import unet_loader
 
 ROLE = "denoiser"
+log = logging.getLogger("dfleet.denoiser")
+
+
+def preload_names(store: ModelStore, preload: str) -> list[str]:
+    """The models named by the ``preload`` setting (NOT_FOUND for an unknown one)."""
+    if preload.strip() == "all":
+        return [e.name for e in store.entries() if e.kind in ("base", "inpainting")]
+    names = [name.strip() for name in preload.split(",") if name.strip()]
+    for name in names:
+        store.pipeline(name)
+    return names
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,7 +47,10 @@ def main(argv: list[str] | None = None) -> None:
 
     editor = TemplateEditor(settings.edit_settings())
     engine = DenoiserEngine(load, settings.max_batch_requests, settings.parallel_controlnet,
-                            EditBatchRunner(editor))
+                            EditBatchRunner(editor), settings.max_active_requests)
+    for name in preload_names(store, settings.preload):
+        log.info("preloading %s", name, extra={"role": ROLE})
+        engine.load_unet(name)
     profiles = BalProfiles(settings.profiles_dir or Path(settings.models_dir) / "profiles")
     cache = LoraDeviceCache(settings.lora_device_budget_mb << 20)
 

@@ -47,14 +47,22 @@ class DenoiserEngine:
     def __init__(self, load_unet: Callable[[str], LoadedUnet], max_batch_requests: int = 8,
                  parallel_controlnet: bool = True,
                  runner: Callable[[LoadedUnet, list[StepWork], bool], Sequence[Outcome]]
-                 = run_batch
+                 = run_batch, max_active_requests: int = 0
                  ) -> None:
-        """``runner`` runs one batch (:func:`run_batch`, or one that also serves edits)."""
+        """``runner`` runs one batch (:func:`run_batch`, or one that also serves edits).
+
+        ``max_active_requests`` (0 = no limit) bounds the submitted requests that step
+        together; later ones wait, first come first served, until one ends. Works added
+        by other paths (CFG passes, template edits) are not counted and never wait.
+        """
         self.compute = ComputeThread("denoise-compute")
         self._load_unet = load_unet
         self.runner = runner
         self.max_batch_requests = max_batch_requests
         self.parallel_controlnet = parallel_controlnet
+        self.max_active_requests = max_active_requests
+        self._waiting: list[StepWork] = []   # submitted, beyond max_active_requests
+        self._limited: set[int] = set()      # id() of active works that count against it
         self._pending: list[StepWork] = []
         self._active: list[StepWork] = []
         self._lock = threading.Condition()
@@ -83,12 +91,16 @@ class DenoiserEngine:
         checked = self.checked_loras(job.model, loras) if patch else None
         link = partner(state) if partner is not None and job.do_cfg else None
         work = RequestWork(state, controls, LoraGate(patch, checked, bound), link)
-        self.add(work)
+        self.add(work, limited=True)
         return work
 
-    def add(self, work: StepWork) -> None:
+    def add(self, work: StepWork, limited: bool = False) -> None:
+        """Queues ``work``; a ``limited`` one counts against ``max_active_requests``."""
         with self._lock:
-            self._pending.append(work)
+            if limited and self.max_active_requests > 0:
+                self._waiting.append(work)
+            else:
+                self._pending.append(work)
             self._woken = True
             self._lock.notify()
 
@@ -100,7 +112,7 @@ class DenoiserEngine:
 
     def load(self) -> int:
         with self._lock:
-            return len(self._pending) + len(self._active)
+            return len(self._pending) + len(self._active) + len(self._waiting)
 
     def stop(self) -> None:
         with self._lock:
@@ -146,7 +158,16 @@ class DenoiserEngine:
                 self._woken = False
                 self._active.extend(self._pending)
                 self._pending.clear()
+                self._admit_waiting()
             self.compute.run(self._round)
+
+    def _admit_waiting(self) -> None:
+        """Moves waiting requests to the active set while there is room (under the lock)."""
+        self._limited &= {id(work) for work in self._active}
+        while self._waiting and len(self._limited) < self.max_active_requests:
+            work = self._waiting.pop(0)
+            self._limited.add(id(work))
+            self._active.append(work)
 
     def _round(self) -> None:
         """Settles what can be settled, then runs one step of every runnable work."""
@@ -200,6 +221,14 @@ class DenoiserEngine:
 
     def _drop_expired(self) -> None:
         now = time.monotonic()
+        with self._lock:
+            waiting = list(self._waiting)
+        for work in waiting:
+            error = work.expired(now)
+            if error is not None:
+                with self._lock:
+                    self._waiting.remove(work)
+                self._finish(work, error)
         for work in list(self._active):
             error = work.expired(now)
             if error is not None:
@@ -220,6 +249,10 @@ class DenoiserEngine:
     def _finish(self, work: StepWork, error: Exception | None) -> None:
         if work in self._active:
             self._active.remove(work)
+            if id(work) in self._limited:
+                with self._lock:
+                    self._limited.discard(id(work))
+                    self._admit_waiting()
         try:
             work.finish(error)
         except Exception:  # noqa: BLE001 - finishing is best effort

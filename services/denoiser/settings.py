@@ -18,9 +18,15 @@ class DenoiserSettings(ServiceSettings):
     """Denoiser: runs the step loop of its requests in one shared batch."""
 
     max_batch_requests: int = setting("requests per UNet batch", default=8)
+    max_active_requests: int = setting(
+        "requests stepping at once; later ones wait first come first served; 0 = no limit "
+        "(on a CPU, where batching saves little, 1 keeps each request's latency)", default=0)
     parallel_controlnet: bool = setting(
         "run the UNet's down and mid blocks while the ControlNets compute; off: wait for "
         "the residuals first (same result)", default=True)
+    preload: str = setting("models whose UNets load before the replica serves, comma-separated; "
+                           "'all' = every base and inpainting model; empty = on first use",
+                           default="")
     device: str = setting("torch device of the UNet: cpu, cuda, cuda:N", default="cpu")
     dtype: str = setting("UNet weights: float32, float16 or bfloat16", default="float32")
     cuda_graphs: bool = setting("capture the UNet halves as CUDA graphs per shape (CUDA only)",
@@ -47,6 +53,8 @@ class DenoiserSettings(ServiceSettings):
         super().validate()
         if self.max_batch_requests < 1:
             raise ValueError(f"max_batch_requests={self.max_batch_requests} must be >= 1")
+        if self.max_active_requests < 0:
+            raise ValueError(f"max_active_requests={self.max_active_requests} must be >= 0")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.cuda_graphs and not self.device.startswith("cuda"):
