@@ -11,9 +11,12 @@ machine falls on both alike.
 
 Both systems get the same CPUs: the benchmark pins itself (and so every
 process it starts, the load generator included) to the first ``--cpus`` CPUs,
-and the baseline runs ``--cpus`` workers with one torch thread each.
+and the baseline runs ``--cpus`` workers with one torch thread each. The
+fleet, likewise, runs ``--cpus`` denoiser replicas and one torch thread per
+process (``--fleet-env`` / ``--fleet-replicas`` change that).
 
     python bench/serving.py [--quick] [--systems baseline,fleet] [--out bench/results]
+        [--fleet-env KEY=VALUE ...] [--fleet-replicas ROLE=N ...]
 
 Prints the ratio table; writes serving.json, serving_sweep.png and per-run
 JSON lines and plots under ``--out``/serving/.
@@ -70,7 +73,11 @@ class ServingSettings:
     mix: dict[str, float] = field(default_factory=lambda: {
         "txt2img": 0.3, "controlnet": 0.2, "lora": 0.4, "edit": 0.1})
     systems: tuple[str, ...] = ("baseline", "fleet")
-    fleet_env: dict[str, str] = field(default_factory=lambda: {"OMP_WAIT_POLICY": "PASSIVE"})
+    # The fleet's CPU layout, like the baseline's: one torch thread per process, one
+    # denoiser per CPU (models loaded before serving), each stepping one request at a time.
+    fleet_env: dict[str, str] = field(default_factory=lambda: {
+        "DFLEET_TORCH_THREADS": "1", "DFLEET_PRELOAD": "all", "DFLEET_MAX_ACTIVE_REQUESTS": "1"})
+    fleet_replicas: dict[str, int] = field(default_factory=dict)  # default: denoiser = cpus
     out: Path = Path("bench/results")
 
 
@@ -176,7 +183,8 @@ def start_systems(stack: contextlib.ExitStack, settings: ServingSettings, models
         t0 = time.monotonic()
         try:
             address, redis_url = stack.enter_context(
-                running(name, models, settings.cpus, settings.fleet_env, runs / name))
+                running(name, models, settings.cpus, settings.fleet_env, runs / name,
+                        {"denoiser": settings.cpus, **settings.fleet_replicas}))
         except Exception as error:  # noqa: BLE001 - a system that cannot start is reported
             reports[name] = SystemReport(name, error=f"{type(error).__name__}: {error}")
             print(f"[{name}] did not start: {reports[name].error}", flush=True)
@@ -275,6 +283,8 @@ def parse_settings(argv: list[str] | None = None) -> ServingSettings:
     parser.add_argument("--systems", help="comma-separated: baseline,fleet")
     parser.add_argument("--fleet-env", action="append", default=[],
                         help="KEY=VALUE for every fleet process (repeatable)")
+    parser.add_argument("--fleet-replicas", action="append", default=[],
+                        help="ROLE=N fleet processes of a role (repeatable)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     values: dict[str, Any] = dict(QUICK) if args.quick else {}
@@ -293,6 +303,14 @@ def parse_settings(argv: list[str] | None = None) -> ServingSettings:
                 parser.error(f"--fleet-env {item!r} is not KEY=VALUE")
             env[key] = value
         values["fleet_env"] = env
+    if args.fleet_replicas:
+        replicas = dict(ServingSettings().fleet_replicas)
+        for item in args.fleet_replicas:
+            role, sep, count = item.partition("=")
+            if not sep or not count.isdigit() or int(count) < 1:
+                parser.error(f"--fleet-replicas {item!r} is not ROLE=N with N >= 1")
+            replicas[role] = int(count)
+        values["fleet_replicas"] = replicas
     settings = ServingSettings(**values)
     available = len(os.sched_getaffinity(0))
     if not 1 <= settings.cpus <= available:

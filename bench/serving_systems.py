@@ -25,7 +25,7 @@ class Target:
 
 @contextlib.contextmanager
 def running(name: str, models: Path, cpus: int, fleet_env: dict[str, str],
-            logs: Path) -> Iterator[tuple[str, str]]:
+            logs: Path, fleet_replicas: dict[str, int] | None = None) -> Iterator[tuple[str, str]]:
     """Starts ``baseline`` or ``fleet``; yields (gateway address, Redis URL or "")."""
     logs.mkdir(parents=True, exist_ok=True)
     if name == "baseline":
@@ -35,7 +35,8 @@ def running(name: str, models: Path, cpus: int, fleet_env: dict[str, str],
         return
     from dfleet.local_fleet import LocalFleet
 
-    with LocalFleet(str(models), state_dir=str(logs / "fleet"), env=dict(fleet_env)) as fleet:
+    with LocalFleet(str(models), state_dir=str(logs / "fleet"), env=dict(fleet_env),
+                    replicas=dict(fleet_replicas or {})) as fleet:
         yield fleet.gateway_address, fleet.redis_url
 
 
