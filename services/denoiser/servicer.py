@@ -115,8 +115,9 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
         context.add_callback(work.cancelled.set)
         context.add_callback(self.engine.wake)
         self.engine.add(work)
-        threading.Thread(target=self._read_pass, args=(requests, work), daemon=True,
-                         name=f"cfg-pass-{rid}").start()
+        requester_done = threading.Event()
+        threading.Thread(target=self._read_pass, args=(requests, work, requester_done),
+                         daemon=True, name=f"cfg-pass-{rid}").start()
         export = self.runtime.exporter.export
         try:
             while True:
@@ -125,6 +126,10 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
                 except queue.Empty:
                     continue
                 if answer is None:
+                    # The last answers may still be on their way: their shared memory must
+                    # outlive the requester's reading them, so wait until it closes its side
+                    # (or the leases' lifetime) before releasing what is left.
+                    requester_done.wait(self.runtime.settings.lease_ttl_s)
                     return
                 if isinstance(answer, Exception):
                     raise answer
@@ -135,7 +140,14 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
             self.runtime.exporter.release_request(rid)
 
     def _read_pass(self, requests: Iterator[denoiser_pb2.CfgPassRequest],
-                   work: PassWork) -> None:
+                   work: PassWork, done: threading.Event) -> None:
+        try:
+            self._read_steps(requests, work)
+        finally:
+            done.set()
+
+    def _read_steps(self, requests: Iterator[denoiser_pb2.CfgPassRequest],
+                    work: PassWork) -> None:
         try:
             for message in requests:
                 step = message.step
