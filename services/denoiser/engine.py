@@ -70,7 +70,7 @@ class DenoiserEngine:
         self._stop = False
         self.steps_run = 0
         self.batches_run = 0
-        self._thread = threading.Thread(target=self._loop, name="denoise-loop", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="denoise-loop", daemon=True)
         self._thread.start()
 
     # called from request threads
@@ -143,9 +143,6 @@ class DenoiserEngine:
         return out
 
     # the loop
-    def _loop(self) -> None:
-        self._serve()
-
     def _serve(self) -> None:
         while True:
             with self._lock:
@@ -168,6 +165,7 @@ class DenoiserEngine:
             work = self._waiting.pop(0)
             self._limited.add(id(work))
             self._active.append(work)
+            self._woken = True
 
     def _round(self) -> None:
         """Settles what can be settled, then runs one step of every runnable work."""
