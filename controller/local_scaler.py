@@ -115,7 +115,10 @@ class LocalScaler:
             log_file = open(self.log_dir / f"{node.name}-{self._launched}.log", "ab")  # noqa: SIM115 - lives as long as the process
         try:
             # Its own session: a terminal's Ctrl-C reaches this process, which stops the rest.
-            process = subprocess.Popen(argv, env=self.env, stdout=log_file,
+            # DFLEET_PARENT_PID: the replica stops when this process dies, even by SIGKILL.
+            process = subprocess.Popen(argv, env={**self.env,
+                                                  "DFLEET_PARENT_PID": str(os.getpid())},
+                                       stdout=log_file,
                                        stderr=subprocess.STDOUT if log_file else None,
                                        start_new_session=True)
         except OSError as exc:

@@ -121,7 +121,9 @@ class LocalFleet:
         port_file = state / f"{role}-{index}.port"
         port_file.unlink(missing_ok=True)
         log_file = state / f"{role}-{index}.log"
-        env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", **self.env}
+        # DFLEET_PARENT_PID: the service stops when this process dies, even by SIGKILL.
+        env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error",
+               "DFLEET_PARENT_PID": str(os.getpid()), **self.env}
         cmd = [sys.executable, "-m", f"services.{role}", "--models-dir", self.models_dir,
                "--redis-url", self.redis_url, "--host", "127.0.0.1", "--port", "0",
                "--port-file", str(port_file)]

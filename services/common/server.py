@@ -22,6 +22,7 @@ from diffusion.v1 import tensor_pb2_grpc
 from services.common.channels import CHANNEL_OPTIONS, ChannelPool
 from services.common.errors import ErrorInterceptor
 from services.common.fleet_state import FleetState, ReplicaInfo
+from services.common.parent_watch import watch_parent
 from services.common.settings import ServiceSettings, configure_logging
 from services.common.transport import TensorExporter, TensorImporter, TensorLeasesServicer, host_id
 
@@ -55,6 +56,7 @@ class Heartbeat:
 
 def init_process(settings: ServiceSettings, role: str) -> None:
     configure_logging(settings.log_level)
+    watch_parent()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     torch.set_grad_enabled(False)
