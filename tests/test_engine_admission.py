@@ -1,6 +1,6 @@
 """Integration (tiny model, in process): a denoiser engine with ``max_active_requests``
-runs submitted requests first come first served, each exact; a request cancelled while
-it waits ends without running a step."""
+runs submitted requests first come first served, each exact, and measures its step time
+for the heartbeat; a request cancelled while it waits ends without running a step."""
 
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ def test_one_active_request_runs_them_in_order_and_exact(store: ModelStore) -> N
             assert out[rid].batch_peak == 1
             assert torch.equal(out[rid].latents, latents)
         assert engine.load() == 0
+        assert engine.step_ms() > 0  # what its heartbeat reports to the gateway
     finally:
         engine.stop()
         unlimited.stop()

@@ -61,7 +61,12 @@ def main(argv: list[str] | None = None) -> None:
             DenoiserServicer(engine, runtime, loader, profiles, editor), server)
         return ["diffusion.v1.Denoiser"]
 
-    serve(ROLE, settings, add, Heartbeat(models=unets.names, loras=cache.names, load=engine.load))
+    def figures() -> dict[str, str]:
+        return {"step_ms": f"{engine.step_ms():.2f}",
+                "max_active_requests": str(settings.max_active_requests)}
+
+    serve(ROLE, settings, add, Heartbeat(models=unets.names, loras=cache.names, load=engine.load,
+                                         extra=figures))
     engine.stop()
 
 

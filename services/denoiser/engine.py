@@ -70,6 +70,7 @@ class DenoiserEngine:
         self._stop = False
         self.steps_run = 0
         self.batches_run = 0
+        self._step_ms = 0.0
         self._thread = threading.Thread(target=self._serve, name="denoise-loop", daemon=True)
         self._thread.start()
 
@@ -109,6 +110,13 @@ class DenoiserEngine:
         with self._lock:
             self._woken = True
             self._lock.notify()
+
+    def step_ms(self) -> float:
+        """Recent time of one step of one request alone (moving average); 0 before any."""
+        return self._step_ms
+
+    def _observe_step(self, ms: float) -> None:
+        self._step_ms = ms if self._step_ms == 0 else 0.8 * self._step_ms + 0.2 * ms
 
     def load(self) -> int:
         with self._lock:
@@ -184,12 +192,15 @@ class DenoiserEngine:
             for work in group:
                 work.last_batch = len(group)
             try:
+                started = time.perf_counter()
                 completed = self.runner(self.load_unet(group[0].model), group,
                                         self.parallel_controlnet)
             except Exception as exc:  # noqa: BLE001 - reported to each work in the batch
                 for work in group:
                     self._report_failure(work, exc)
                 continue
+            if len(group) == 1:
+                self._observe_step((time.perf_counter() - started) * 1e3)
             self.batches_run += 1
             for work, outcome in zip(group, completed, strict=True):
                 if isinstance(outcome, Exception):

@@ -50,9 +50,25 @@ def step_ms(replica: ReplicaInfo, settings: CostSettings) -> float:
     return measured if measured > 0 else settings.default_step_ms
 
 
+def max_active(replica: ReplicaInfo) -> int:
+    """How many requests the replica steps at once (0 = all it has)."""
+    try:
+        return max(0, int(replica.extra.get("max_active_requests", "0")))
+    except ValueError:
+        return 0
+
+
 def estimate(replica: ReplicaInfo, *, model: str, steps: int, loras: list[str],
              gateway_host: str, payload_bytes: int, settings: CostSettings) -> Estimate:
-    per_step = step_ms(replica, settings) * (1.0 + settings.batch_marginal * replica.load)
+    """A replica that steps at most ``max_active_requests`` at once serves the rest first
+    come first served: the request waits for the waves ahead of it, then shares a batch."""
+    limit = max_active(replica)
+    if limit:
+        waves = replica.load // limit + 1
+        sharing = min(replica.load, limit - 1)
+    else:
+        waves, sharing = 1, replica.load
+    per_step = step_ms(replica, settings) * (1.0 + settings.batch_marginal * sharing) * waves
     load = 0.0 if model in replica.models else settings.model_load_ms
     load += settings.lora_load_ms * sum(1 for name in loras if name not in replica.loras)
     transfer = 0.0
