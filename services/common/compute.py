@@ -54,7 +54,7 @@ class ComputeThread:
         """
         if self.is_current():
             return fn(*args, **kwargs)
-        return self._executor.submit(fn, *args, **kwargs).result()
+        return self.submit(fn, *args, **kwargs).result()
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -168,7 +168,6 @@ class DenoiserEngine:
 
     def _admit_waiting(self) -> None:
         """Moves waiting requests to the active set while there is room (under the lock)."""
-        self._limited &= {id(work) for work in self._active}
         while self._waiting and len(self._limited) < self.max_active_requests:
             work = self._waiting.pop(0)
             self._limited.add(id(work))

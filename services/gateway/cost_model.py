@@ -68,10 +68,10 @@ def estimate(replica: ReplicaInfo, *, model: str, steps: int, loras: list[str],
         sharing = min(replica.load, limit - 1)
     else:
         waves, sharing = 1, replica.load
-    per_step = step_ms(replica, settings) * (1.0 + settings.batch_marginal * sharing) * waves
+    per_step = step_ms(replica, settings) * (1.0 + settings.batch_marginal * sharing)
     load = 0.0 if model in replica.models else settings.model_load_ms
     load += settings.lora_load_ms * sum(1 for name in loras if name not in replica.loras)
     transfer = 0.0
     if gateway_host and replica.host_id != gateway_host:
         transfer = payload_bytes / settings.remote_bytes_per_ms
-    return Estimate(replica, per_step * steps, load, transfer)
+    return Estimate(replica, per_step * steps * waves, load, transfer)
