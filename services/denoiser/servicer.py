@@ -15,6 +15,7 @@ import grpc
 import torch
 
 from diffusion.v1 import denoiser_pb2, denoiser_pb2_grpc
+from services.common.deadlines import time_left
 from services.common.errors import InvalidArgument
 from services.common.server import ServiceRuntime
 from services.common.transport import local_peer
@@ -228,7 +229,7 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
         negative = self._load(request.negative_prompt_embeds, "negative_prompt_embeds")
         if request.guidance_scale > 1.0 and negative is None:
             raise InvalidArgument("needed when guidance_scale > 1", field="negative_prompt_embeds")
-        remaining = context.time_remaining()
+        remaining = time_left(context)
         partner = (CfgPartnerSpec(request.cfg_partner.address, request.cfg_partner.peer)
                    if request.cfg_partner.address and request.guidance_scale > 1.0 else None)
         return DenoiseJob(
@@ -273,7 +274,7 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
                 links.append(ControlNetLink(
                     self.runtime.channels, spec.address, request_id, spec.name, image, rows,
                     self.runtime.exporter, self.runtime.importer, spec.peer, local_peer(),
-                    context.time_remaining()))
+                    time_left(context)))
         except Exception:
             for link in links:
                 link.close()
@@ -303,5 +304,5 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
                                                    address=lo.address) for lo in job.loras])
             return CfgPartnerLink(self.runtime.channels, spec.address, spec.peer, rid, opening,
                                   self.runtime.exporter, self.runtime.importer,
-                                  context.time_remaining(), self.engine.wake)
+                                  time_left(context), self.engine.wake)
         return open_pass

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from diffusion.v1 import gateway_pb2, gateway_pb2_grpc, tensor_pb2
+from services.common.deadlines import deadline_of, seconds_from_now
 from services.common.errors import FailedPrecondition, FleetError, NotFound, ResourceExhausted
 from services.common.model_store import ModelStore
 from services.common.server import ServiceRuntime
@@ -72,8 +73,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             self._leave(flow.request_id)
             raise
         context.add_callback(cancel.set)
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
+        deadline = deadline_of(context, self.settings.max_request_s)
         events.put(gateway_pb2.GenerateEvent(
             request_id=flow.request_id, queued=gateway_pb2.Queued(position=self.inflight() - 1)))
         threading.Thread(target=self._execute, name=f"request-{flow.request_id}", daemon=True,
@@ -216,4 +216,5 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             return
         log.info("recovering an orphaned request", extra={"request_id": flow.request_id})
         threading.Thread(target=self._execute, daemon=True, name=f"recover-{flow.request_id}",
-                         args=(flow, stream, entry, lambda _e: None, None, cancel)).start()
+                         args=(flow, stream, entry, lambda _e: None,
+                               seconds_from_now(self.settings.max_request_s), cancel)).start()

@@ -20,6 +20,10 @@ class GatewaySettings(ServiceSettings):
     max_image_bytes: int = setting("largest encoded input image, bytes", default=32 << 20)
     max_inflight: int = setting("requests running at once before RESOURCE_EXHAUSTED",
                                 default=256)
+    max_request_s: float = setting("longest a request may run, seconds: caps the client's "
+                                   "deadline and gives one to a client that set none; "
+                                   "0 = no cap (no deadline from the client means none)",
+                                   default=0.0)
     result_ttl_s: int = setting("seconds results stay readable by GetRequest", default=3600)
     replica_wait_s: float = setting("seconds a request waits for a role with no live replica "
                                     "(scale from zero) before UNAVAILABLE", default=30.0)
@@ -44,6 +48,8 @@ class GatewaySettings(ServiceSettings):
         if self.max_side < 8 or self.max_steps < 1 or self.max_inflight < 1:
             raise ValueError(f"max_side={self.max_side}, max_steps={self.max_steps} and "
                              f"max_inflight={self.max_inflight} must be positive")
+        if self.max_request_s < 0:
+            raise ValueError(f"max_request_s={self.max_request_s} must be >= 0 (0 = no cap)")
         if not 1 <= self.default_steps <= self.max_steps:
             raise ValueError(f"default_steps={self.default_steps} must lie in "
                              f"1..max_steps={self.max_steps}")
