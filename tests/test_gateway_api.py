@@ -17,6 +17,7 @@ import redis
 
 import dfleet
 from diffusion.v1 import gateway_pb2
+from services.common.fleet_state import FleetState
 from tests.diffusers_reference import sample_image, sample_mask
 
 
@@ -175,20 +176,21 @@ def _pending(r: redis.Redis) -> int:
 
 def test_request_log_is_acknowledged_only_at_the_end(fleet: Any) -> None:
     r = redis.Redis.from_url(fleet.redis_url)
+    state = FleetState(r)
     seen: list[int] = []
-    depths: list[dict[bytes, bytes]] = []
+    depths: list[dict[str, int]] = []
     with dfleet.Client(fleet.gateway_address, timeout=120) as client:
         for event in client.stream("a hill", steps=30, controlnets=[
                 dfleet.ControlNet("tiny-cn-b", image=IMG)]):
             if isinstance(event, dfleet.Progress) and event.step == 10:
                 seen.append(_pending(r))
-                depths.append(r.hgetall("dfleet:depth"))
+                depths.append(state.depths())
     assert seen == [1]
-    during = {k.decode(): int(v) for k, v in depths[0].items()}
+    during = depths[0]
     assert during["denoiser:tiny-sd"] == 1 and during["controlnet:tiny-cn-b"] == 1
     assert during.get("text_encoder:tiny-sd", 0) == 0
     assert _pending(r) == 0
-    after = {k.decode(): int(v) for k, v in r.hgetall("dfleet:depth").items()}
+    after = state.depths()
     assert all(v == 0 for v in after.values()), after
 
 
@@ -214,7 +216,7 @@ def test_orphaned_request_is_recovered(fleet: Any) -> None:
         else:
             raise AssertionError("the orphaned request was not recovered")
     assert status.result is not None and status.result.png.startswith(b"\x89PNG")
-    assert r.xpending(stream, "gateway")["pending"] == 0 or not r.exists(stream)
+    assert not r.exists(stream) or r.xpending(stream, "gateway")["pending"] == 0
 
 
 def test_same_request_id_twice_at_once_is_refused(fleet: Any) -> None:

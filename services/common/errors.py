@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+import redis
 
 log = logging.getLogger("dfleet.errors")
 
@@ -72,7 +73,17 @@ def from_rpc_error(err: grpc.RpcError, peer: str) -> FleetError:
     return error
 
 
+def as_fleet_error(exc: BaseException) -> FleetError | None:
+    """``exc`` as a domain error when it has a meaning for the caller, else None."""
+    if isinstance(exc, FleetError):
+        return exc
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return Unavailable(f"the fleet's Redis is unreachable: {exc}")
+    return None
+
+
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
+    exc = as_fleet_error(exc) or exc
     if isinstance(exc, FleetError):
         if exc.field:
             context.set_trailing_metadata((("dfleet-field", exc.field),))

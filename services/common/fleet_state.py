@@ -2,10 +2,14 @@
 
 Keys (all under the ``dfleet:`` prefix, or the prefix given to :class:`FleetState`):
 
+``{p}depth:{gateway_id}`` (hash, expires after the heartbeat TTL)
+    field ``"{role}:{model}"`` -> tasks waiting plus running for that model node,
+    as one gateway counts them. Each gateway keeps its counts in memory, writes
+    them on every change and rewrites them every heartbeat: a crashed gateway's
+    counts expire with it, and after a Redis restart they come back from the
+    live gateways' memory. The queue depth of a node is the sum over gateways.
 ``{p}depth`` (hash)
-    field ``"{role}:{model}"`` -> tasks waiting plus running for that model node.
-    The gateway increments a node's field when it queues a task for it and
-    decrements it when the task ends, whatever the outcome.
+    the same fields, set by hand (tools, tests): counted too, never expires.
 ``{p}replicas:{role}`` (sorted set)
     member = replica id, score = unix time of its last heartbeat.
 ``{p}replica:{replica_id}`` (hash, expires after the heartbeat TTL)
@@ -20,11 +24,17 @@ stays until it is pruned.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+
+from services.common.errors import Unavailable
 
 DEFAULT_PREFIX = "dfleet:"
 DEFAULT_HEARTBEAT_TTL_S = 10.0
@@ -48,6 +58,15 @@ class ReplicaInfo:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@contextmanager
+def redis_unavailable(what: str) -> Iterator[None]:
+    """Redis unreachable (down, restarting, still loading) is UNAVAILABLE: retry later."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise Unavailable(f"the fleet's Redis is unreachable ({what}): {exc}") from exc
+
+
 class FleetState:
     """Reads and writes the keys above; one instance per process is enough."""
 
@@ -56,6 +75,9 @@ class FleetState:
         self.redis = client
         self.prefix = prefix
         self.heartbeat_ttl_s = heartbeat_ttl_s
+        self._depth_owner = ""
+        self._own_depth: Counter[str] = Counter()
+        self._depth_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> FleetState:
@@ -66,12 +88,55 @@ class FleetState:
         return self.prefix + ":".join(parts)
 
     # queue depth
+    def count_depth_as(self, owner: str) -> None:
+        """From now on this process's depth counts are ``owner``'s, kept in memory and
+        published with a TTL (see :meth:`publish_depth`): a gateway calls it once."""
+        self._depth_owner = owner
+
     def add_depth(self, role: str, model: str, delta: int) -> int:
-        return int(self.redis.hincrby(self.key("depth"), node_name(role, model), delta))
+        node = node_name(role, model)
+        if not self._depth_owner:
+            return int(self.redis.hincrby(self.key("depth"), node, delta))
+        with self._depth_lock:
+            self._own_depth[node] = max(0, self._own_depth[node] + delta)
+            count = self._own_depth[node]
+            key = self.key("depth", self._depth_owner)
+            pipe = self.redis.pipeline()
+            pipe.hset(key, node, count)
+            pipe.pexpire(key, int(self.heartbeat_ttl_s * 1000))
+            try:
+                pipe.execute()
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass   # Redis away: the count is in memory and the next publish writes it
+        return count
+
+    def publish_depth(self) -> None:
+        """Rewrites this process's counts and renews their TTL (every heartbeat)."""
+        if not self._depth_owner:
+            return
+        key = self.key("depth", self._depth_owner)
+        with self._depth_lock:
+            counts = {node: n for node, n in self._own_depth.items() if n > 0}
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.delete(key)
+            if counts:
+                pipe.hset(key, mapping=counts)
+                pipe.pexpire(key, int(self.heartbeat_ttl_s * 1000))
+            pipe.execute()
 
     def depths(self) -> dict[str, int]:
-        raw: dict[bytes, bytes] = self.redis.hgetall(self.key("depth"))  # type: ignore[assignment]
-        return {k.decode(): max(0, int(v)) for k, v in raw.items()}
+        """Queue depth per node: the sum of every live gateway's counts (and hand-set ones)."""
+        keys = [self.key("depth")] + [k.decode() if isinstance(k, bytes) else k for k in
+                                      self.redis.scan_iter(match=self.key("depth", "*"),
+                                                           count=100)]
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        total: Counter[str] = Counter()
+        for raw in pipe.execute():
+            for k, v in raw.items():
+                total[k.decode()] += int(v)
+        return {node: max(0, n) for node, n in total.items()}
 
     # replica heartbeats
     def heartbeat(self, info: ReplicaInfo, now: float | None = None) -> None:

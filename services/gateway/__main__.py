@@ -24,6 +24,18 @@ ROLE = "gateway"
 log = logging.getLogger("dfleet.gateway")
 
 
+def _upkeep_loop(requests: RequestLog, runtime: ServiceRuntime) -> None:
+    """Every heartbeat: this gateway's queue-depth counts and pending entries stay fresh
+    (and come back after a Redis restart)."""
+    assert runtime.fleet is not None
+    while not runtime.stopping.wait(runtime.settings.heartbeat_s):
+        try:
+            runtime.fleet.publish_depth()
+            requests.keep_alive()
+        except Exception:  # noqa: BLE001 - Redis may be briefly away; next beat retries
+            log.warning("request log upkeep failed", exc_info=True)
+
+
 def _recover_loop(servicer: GatewayServicer, requests: RequestLog, runtime: ServiceRuntime,
                   interval_s: float) -> None:
     while not runtime.stopping.wait(interval_s):
@@ -44,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
 
     def add(server: grpc.Server, runtime: ServiceRuntime) -> list[str]:
         assert runtime.fleet is not None
-        requests = RequestLog(runtime.fleet, settings.replica_id, settings.result_ttl_s)
+        runtime.fleet.count_depth_as(settings.replica_id)
+        requests = RequestLog(runtime.fleet, settings.replica_id, settings.result_ttl_s,
+                              settings.orphan_claim_idle_s)
         registry = TemplateRegistry(runtime.fleet)
         costs = (EditCostModel.from_profile(settings.edit_cost_profile)
                  if settings.edit_cost_profile else EditCostModel())
@@ -57,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
                                    TemplateRegistrar(settings, store, registry, runner))
         holder["servicer"] = servicer
         gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
+        threading.Thread(target=_upkeep_loop, daemon=True, name="upkeep",
+                         args=(requests, runtime)).start()
         threading.Thread(target=_recover_loop, daemon=True, name="recover",
                          args=(servicer, requests, runtime, settings.recover_interval_s)).start()
         return ["diffusion.v1.Gateway"]

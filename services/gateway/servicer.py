@@ -13,7 +13,13 @@ import grpc
 
 from diffusion.v1 import gateway_pb2, gateway_pb2_grpc, tensor_pb2
 from services.common.deadlines import deadline_of, seconds_from_now
-from services.common.errors import FailedPrecondition, FleetError, NotFound, ResourceExhausted
+from services.common.errors import (
+    FailedPrecondition,
+    FleetError,
+    NotFound,
+    ResourceExhausted,
+    as_fleet_error,
+)
 from services.common.model_store import ModelStore
 from services.common.server import ServiceRuntime
 from services.gateway.depth import DepthTracker
@@ -33,6 +39,7 @@ class AlreadyExists(FleetError):
 
 
 def error_info(exc: BaseException) -> gateway_pb2.ErrorInfo:
+    exc = as_fleet_error(exc) or exc
     if isinstance(exc, FleetError):
         return gateway_pb2.ErrorInfo(code=exc.code.value[0], message=exc.message,
                                      field=exc.field)

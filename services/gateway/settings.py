@@ -29,6 +29,9 @@ class GatewaySettings(ServiceSettings):
                                     "(scale from zero) before UNAVAILABLE", default=30.0)
     recover_interval_s: float = setting("seconds between scans for orphaned requests",
                                         default=10.0)
+    orphan_claim_idle_s: float = setting(
+        "seconds a request of a gateway that stopped heartbeating stays untouched before a "
+        "live gateway claims it (live gateways touch theirs every heartbeat_s)", default=30.0)
     default_model: str = setting("model for requests that name none; empty = the first base "
                                  "model of the models folder", default="")
     default_steps: int = setting("steps when a request gives none", default=20)
@@ -48,6 +51,10 @@ class GatewaySettings(ServiceSettings):
         if self.max_side < 8 or self.max_steps < 1 or self.max_inflight < 1:
             raise ValueError(f"max_side={self.max_side}, max_steps={self.max_steps} and "
                              f"max_inflight={self.max_inflight} must be positive")
+        if self.orphan_claim_idle_s < 3 * self.heartbeat_s:
+            raise ValueError(f"orphan_claim_idle_s={self.orphan_claim_idle_s} must be at least "
+                             f"3 x heartbeat_s={self.heartbeat_s}: a live gateway touches its "
+                             "requests once per heartbeat")
         if self.max_request_s < 0:
             raise ValueError(f"max_request_s={self.max_request_s} must be >= 0 (0 = no cap)")
         if not 1 <= self.default_steps <= self.max_steps:
