@@ -116,7 +116,7 @@ class FleetState:
             return
         key = self.key("depth", self._depth_owner)
         with self._depth_lock:
-            counts = {node: n for node, n in self._own_depth.items() if n > 0}
+            counts: dict[Any, Any] = {node: n for node, n in self._own_depth.items() if n > 0}
             pipe = self.redis.pipeline(transaction=True)
             pipe.delete(key)
             if counts:
