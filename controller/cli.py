@@ -27,16 +27,18 @@ from controller.metrics import ControllerMetrics
 from controller.scaler import Scaler
 from controller.settings import ConfigError, ControllerSettings, load_config
 from controller.sources import QueueDepthSource
-from services.common.settings import configure_logging
+from dfleet.help_format import HelpFormatter
+from services.common.settings import configure_logging, mask_url_password
 
 log = logging.getLogger("dfleet.controller")
 
 
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="dfleet controller", description=(
-        "Scale each model node on its queue depth in Redis, through the Kubernetes API "
-        "or as local processes."))
+    p = argparse.ArgumentParser(prog="dfleet controller", formatter_class=HelpFormatter,
+                                description=("Scale each model node on its queue depth in "
+                                             "Redis, through the Kubernetes API or as local "
+                                             "processes."))
     p.add_argument("--config", default=env("DFLEET_CONTROLLER_CONFIG"), required=not env(
         "DFLEET_CONTROLLER_CONFIG"), help="YAML file of model nodes (env DFLEET_CONTROLLER_CONFIG)")
     p.add_argument("--redis-url", default=env("DFLEET_REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -62,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many ticks (experiments, tests)")
     p.add_argument("--check", action="store_true",
                    help="validate the config, print it as JSON, and exit")
-    p.add_argument("--log-level", default=env("DFLEET_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=env("DFLEET_LOG_LEVEL", "INFO"),
+                   help="logging level (env DFLEET_LOG_LEVEL)")
     return p
 
 
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_describe(settings), indent=2))
         return 0
     log.info(json.dumps({"event": "settings", "scaler": args.scaler,
-                         "redis_url": args.redis_url, **_describe(settings)}))
+                         "redis_url": mask_url_password(args.redis_url),
+                         **_describe(settings)}))
     scaler: Scaler = _scaler(args)
     metrics = ControllerMetrics()
     if args.metrics_port is not None:

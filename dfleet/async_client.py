@@ -26,7 +26,7 @@ from dfleet.events import (
     models_from_proto,
     status_from_proto,
 )
-from dfleet.inputs import GenerateParams, ImageLike, build_request, encode_image
+from dfleet.inputs import GenerateParams, ImageLike, build_request, build_template_request
 from diffusion.v1 import gateway_pb2, gateway_pb2_grpc
 
 
@@ -81,11 +81,13 @@ class AsyncClient:
         return models_from_proto(response)
 
     async def register_template(self, model: str, image: ImageLike, prompt: str = "",
-                                warm_up: bool = False,
+                                warm_up: bool = False, seed: int = 0, steps: int | None = None,
+                                guidance_scale: float | None = None,
                                 timeout: float | None = None) -> Template:
-        request = gateway_pb2.RegisterTemplateRequest(
-            model=model, image=gateway_pb2.ImageInput(data=encode_image(image)), prompt=prompt,
-            warm_up=warm_up)
+        """Registers an image for masked edits; seed, steps and guidance_scale are the recipe
+        its edits use unless they name their own (None = the gateway's default)."""
+        request = build_template_request(model, image, prompt, warm_up, seed, steps,
+                                         guidance_scale)
         response = await self._unary(self._stub.RegisterTemplate, request, timeout)
         return Template(response.template_id, response.cache_bytes)
 

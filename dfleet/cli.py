@@ -5,6 +5,7 @@
     dfleet up --detach                 the same in the background; `dfleet down` stops it
     dfleet generate "a prompt" -o out.png [--controlnet NAME:IMAGE:SCALE] [--lora NAME:SCALE]
                                           [--image X --mask M --strength S]
+    dfleet register-template MODEL IMAGE [--prompt P --seed S --steps N --guidance-scale G]
     dfleet status / dfleet down
     dfleet controller --config FILE    the autoscaling controller
 """
@@ -19,6 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from dfleet.help_format import HelpFormatter
 
 DEFAULT_STATE_DIR = ".dfleet"
 ROLES_AUTOSCALED = ("text_encoder", "denoiser", "vae", "controlnet")
@@ -164,8 +167,10 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from services.common.settings import mask_url_password
+
     state = _read_state(args.state_dir)
-    print(f"gateway {state['gateway']}  redis {state['redis_url']}")
+    print(f"gateway {state['gateway']}  redis {mask_url_password(state['redis_url'])}")
     for service in state["services"]:
         alive = "up" if _alive(service["pid"]) else "DOWN"
         print(f"  {service['role']:<13} {service['address']:<22} pid {service['pid']:<8} {alive}")
@@ -178,37 +183,52 @@ def cmd_controller(argv: list[str]) -> int:
     return controller_main(argv)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    from dfleet.generate_cmd import add_generate_parser, add_register_template_parser
+
+    parser = argparse.ArgumentParser(prog="dfleet", description=__doc__,
+                                     formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    p = sub.add_parser("tiny-model", help="write the seeded tiny model tree",
+                       formatter_class=HelpFormatter)
+    p.add_argument("root", help="folder to write the model tree into")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--preset", choices=("tiny", "small"), default="tiny",
+                   help="tiny: tests and demo; small: wider, closer to real step costs")
+    p.set_defaults(func=cmd_tiny_model)
+    p = sub.add_parser("up", help="start Redis and every service on this machine",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--models-dir", default="models", help="folder of models to serve")
+    p.add_argument("--redis-url", default="",
+                   help="use this Redis instead of starting one (empty: start one)")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                   help="folder for the fleet's state file and service logs")
+    p.add_argument("--detach", action="store_true", help="run in the background")
+    p.add_argument("--autoscale", action="store_true",
+                   help="let the controller start and stop replicas on queue depth")
+    p.add_argument("--autoscale-config", default="",
+                   help="controller YAML for --autoscale (empty: one node per model)")
+    p.add_argument("--replicas", action="append", default=[], metavar="ROLE=N",
+                   help="start N replicas of ROLE (repeatable), e.g. denoiser=2")
+    p.add_argument("--timeout", type=float, default=180.0,
+                   help="seconds --detach waits for the fleet to serve")
+    p.set_defaults(func=cmd_up)
+    for name, func, text in (("down", cmd_down, "stop the local fleet"),
+                             ("status", cmd_status, "show the local fleet")):
+        p = sub.add_parser(name, help=text, formatter_class=HelpFormatter)
+        p.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                       help="folder the fleet was started with (dfleet up --state-dir)")
+        p.set_defaults(func=func)
+    add_generate_parser(sub, DEFAULT_STATE_DIR, HelpFormatter)
+    add_register_template_parser(sub, DEFAULT_STATE_DIR, HelpFormatter)
+    sub.add_parser("controller", help="run the autoscaling controller (see --help after it)",
+                   add_help=False)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["controller"]:
         return cmd_controller(argv[1:])
-    from dfleet.generate_cmd import add_generate_parser
-
-    parser = argparse.ArgumentParser(prog="dfleet", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("tiny-model", help="write the seeded tiny model tree")
-    p.add_argument("root")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--preset", choices=("tiny", "small"), default="tiny")
-    p.set_defaults(func=cmd_tiny_model)
-    p = sub.add_parser("up", help="start Redis and every service on this machine")
-    p.add_argument("--models-dir", default="models")
-    p.add_argument("--redis-url", default="", help="use this Redis instead of starting one")
-    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
-    p.add_argument("--detach", action="store_true", help="run in the background")
-    p.add_argument("--autoscale", action="store_true",
-                   help="let the controller start and stop replicas on queue depth")
-    p.add_argument("--autoscale-config", default="", help="controller YAML for --autoscale")
-    p.add_argument("--replicas", action="append", default=[], metavar="ROLE=N")
-    p.add_argument("--timeout", type=float, default=180.0)
-    p.set_defaults(func=cmd_up)
-    for name, func, text in (("down", cmd_down, "stop the local fleet"),
-                             ("status", cmd_status, "show the local fleet")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
-        p.set_defaults(func=func)
-    add_generate_parser(sub, DEFAULT_STATE_DIR)
-    sub.add_parser("controller", help="run the autoscaling controller (see --help after it)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return int(args.func(args))

@@ -1,4 +1,4 @@
-"""``dfleet generate``: one request from the command line, with progress."""
+"""``dfleet generate`` (one request, with progress) and ``dfleet register-template``."""
 
 from __future__ import annotations
 
@@ -28,37 +28,92 @@ def _lora(spec: str) -> Lora:
         raise argparse.ArgumentTypeError(f"want NAME[:SCALE], got {spec!r}") from None
 
 
-def add_generate_parser(sub: argparse._SubParsersAction, state_dir: str) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("generate", help="generate one image through a fleet")
-    p.add_argument("prompt")
-    p.add_argument("-o", "--output", default="out.png")
-    p.add_argument("--gateway", default="", help="gateway address; default: the local fleet's")
-    p.add_argument("--state-dir", default=state_dir)
-    p.add_argument("--model", default="")
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--guidance-scale", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--height", type=int, default=None)
+def add_generate_parser(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+                        state_dir: str, formatter: type[argparse.HelpFormatter]) -> None:
+    p = sub.add_parser("generate", help="generate one image through a fleet",
+                       formatter_class=formatter)
+    p.add_argument("prompt", help="what the image should show")
+    p.add_argument("-o", "--output", default="out.png", help="PNG file to write")
+    add_gateway_options(p, state_dir)
+    p.add_argument("--model", default="", help="model to use (empty: the gateway's default)")
+    p.add_argument("--negative-prompt", default="", help="what the image should not show")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps (default: the gateway's, 20 unless configured)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance scale (default: the gateway's, 7.5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+    p.add_argument("--width", type=int, default=None,
+                   help="pixels, a multiple of 8 (default: the model's)")
+    p.add_argument("--height", type=int, default=None,
+                   help="pixels, a multiple of 8 (default: the model's)")
     p.add_argument("--controlnet", type=_controlnet, action="append", default=[],
-                   metavar="NAME:IMAGE:SCALE")
-    p.add_argument("--lora", type=_lora, action="append", default=[], metavar="NAME:SCALE")
+                   metavar="NAME:IMAGE:SCALE",
+                   help="condition on IMAGE through ControlNet NAME (SCALE default 1.0; "
+                        "repeatable)")
+    p.add_argument("--lora", type=_lora, action="append", default=[], metavar="NAME:SCALE",
+                   help="apply LoRA NAME at SCALE (default 1.0; repeatable)")
     p.add_argument("--image", default=None, help="init image (image-to-image) or image to edit")
     p.add_argument("--mask", default=None, help="white = repaint; needs --image")
-    p.add_argument("--strength", type=float, default=None)
-    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--strength", type=float, default=None,
+                   help="how far image-to-image departs from --image, 0..1 (default: the "
+                        "gateway's)")
     p.set_defaults(func=cmd_generate)
+
+
+def add_gateway_options(p: argparse.ArgumentParser, state_dir: str) -> None:
+    p.add_argument("--gateway", default="", help="gateway address (empty: the local fleet's)")
+    p.add_argument("--state-dir", default=state_dir,
+                   help="folder of the local fleet (dfleet up --state-dir)")
+    p.add_argument("--timeout", type=float, default=300.0, help="deadline of the call, seconds")
+
+
+def gateway_address(args: argparse.Namespace) -> str:
+    if args.gateway:
+        return str(args.gateway)
+    from dfleet.cli import _read_state
+
+    return str(_read_state(args.state_dir)["gateway"])
+
+
+def add_register_template_parser(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+                                 state_dir: str, formatter: type[argparse.HelpFormatter]
+                                 ) -> None:
+    p = sub.add_parser("register-template", formatter_class=formatter,
+                       help="register an image template for masked edits; prints its id")
+    p.add_argument("model", help="inpainting model the template's edits use")
+    p.add_argument("image", help="the template image (PNG or JPEG)")
+    p.add_argument("--prompt", default="", help="prompt of the template's recipe")
+    p.add_argument("--seed", type=int, default=0, help="seed of the recipe")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps of the recipe (default: the gateway's)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="guidance scale of the recipe (default: the gateway's)")
+    p.add_argument("--warm-up", action="store_true",
+                   help="record the template's activations now, so the first edit hits")
+    add_gateway_options(p, state_dir)
+    p.set_defaults(func=cmd_register_template)
+
+
+def cmd_register_template(args: argparse.Namespace) -> int:
+    import dfleet
+
+    try:
+        with dfleet.Client(gateway_address(args), timeout=args.timeout) as client:
+            template = client.register_template(
+                args.model, args.image, prompt=args.prompt, warm_up=args.warm_up,
+                seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale)
+    except dfleet.FleetError as exc:
+        print(f"dfleet: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"template_id": template.template_id,
+                      "cache_bytes": template.cache_bytes}))
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import dfleet
 
-    address = args.gateway
-    if not address:
-        from dfleet.cli import _read_state
-
-        address = _read_state(args.state_dir)["gateway"]
+    address = gateway_address(args)
     params = dict(model=args.model, negative_prompt=args.negative_prompt, steps=args.steps,
                   guidance_scale=args.guidance_scale, seed=args.seed, width=args.width,
                   height=args.height, controlnets=args.controlnet, loras=args.lora,

@@ -139,3 +139,14 @@ def build_request(prompt: str, params: GenerateParams) -> gateway_pb2.GenerateRe
             lora_async_steps=approx.lora_async_steps, stale_controlnet=approx.stale_controlnet,
             activation_cache=approx.activation_cache, cfg_parallel=approx.cfg_parallel))
     return request
+
+
+def build_template_request(model: str, image: ImageLike, prompt: str = "", warm_up: bool = False,
+                           seed: int = 0, steps: int | None = None,
+                           guidance_scale: float | None = None
+                           ) -> gateway_pb2.RegisterTemplateRequest:
+    """The template and the recipe its edits use (``None`` = the gateway's default)."""
+    return gateway_pb2.RegisterTemplateRequest(
+        model=model, image=_image_input(image), prompt=prompt, warm_up=warm_up, seed=seed,
+        num_inference_steps=steps or 0, guidance_scale=guidance_scale or 0.0,
+        has_guidance_scale=guidance_scale is not None)

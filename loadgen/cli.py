@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from dfleet.help_format import HelpFormatter
 from loadgen.cli_args import (
     add_run_options,
     add_schedule_options,
@@ -22,7 +23,6 @@ from loadgen.cli_args import (
     run_options,
     schedule_spec,
 )
-from loadgen.plots import plot_sweep, write_run_plots
 from loadgen.records import write_records
 from loadgen.runner import GatewayUnreachable, run_load
 from loadgen.schedule import build_schedule
@@ -32,11 +32,14 @@ from loadgen.sweep import SweepPoint, format_sweep, run_sweep, sustainable_rate
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loadgen", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    schedule = sub.add_parser("schedule", help="print the schedule as JSON lines")
-    run = sub.add_parser("run", help="send one schedule and report")
-    sweep = sub.add_parser("sweep", help="run the schedule at several rates")
+                                     formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    schedule = sub.add_parser("schedule", help="print the schedule as JSON lines",
+                              formatter_class=HelpFormatter)
+    run = sub.add_parser("run", help="send one schedule and report",
+                         formatter_class=HelpFormatter)
+    sweep = sub.add_parser("sweep", help="run the schedule at several rates",
+                           formatter_class=HelpFormatter)
     for command in (schedule, run, sweep):
         command.set_defaults(command_parser=command)
         add_schedule_options(command)
@@ -44,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_run_options(command)
     sweep.add_argument("--rates", type=rate_list, required=True,
                        help="comma-separated req/s (for a trace: replay speed-ups)")
-    sweep.add_argument("--attainment-target", type=float, default=0.9)
+    sweep.add_argument("--attainment-target", type=float, default=0.9,
+                       help="fraction of requests within their SLO a rate must reach")
     sweep.add_argument("--stop-below", type=float, default=0.5,
                        help="skip higher rates once attainment falls under this (0 = never)")
     sweep.add_argument("--cooldown", type=float, default=1.0, help="seconds between rates")
@@ -77,6 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if result.depth:
             (out / "queue_depth.json").write_text(json.dumps([asdict(s) for s in result.depth]))
         if not args.no_plots:
+            from loadgen.plots import write_run_plots
+
             write_run_plots(result.records, result.depth, out)
         print(f"wrote {out}/")
     return 0
@@ -105,6 +111,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                            for p in points]}
         (out / "sweep.json").write_text(json.dumps(data, indent=1))
         if not args.no_plots:
+            from loadgen.plots import plot_sweep
+
             plot_sweep({args.target: [(p.rate, p.summary.attainment) for p in points
                                       if p.summary is not None]},
                        args.attainment_target, out / "sweep.png")

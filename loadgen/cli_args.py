@@ -100,35 +100,44 @@ def ratio_range(text: str) -> tuple[float, float]:
 
 def add_schedule_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("schedule (fixed entirely by --seed)")
-    g.add_argument("--arrival", choices=PROCESSES, default="poisson")
-    g.add_argument("--rate", type=positive_float, default=1.0, help="requests per second")
+    g.add_argument("--arrival", choices=PROCESSES, default="poisson",
+                   help="arrival process of the requests")
+    g.add_argument("--rate", type=positive_float, default=1.0, help="mean requests per second")
     g.add_argument("--cv", type=positive_float, default=2.0, help="gamma: CV of the gaps")
     g.add_argument("--burst-factor", type=positive_float, default=4.0,
                    help="onoff: burst rate over the base rate")
-    g.add_argument("--on-s", type=positive_float, default=2.0, help="onoff: burst length")
-    g.add_argument("--off-s", type=positive_float, default=8.0, help="onoff: time between bursts")
+    g.add_argument("--on-s", type=positive_float, default=2.0, help="onoff: burst length, seconds")
+    g.add_argument("--off-s", type=positive_float, default=8.0,
+                   help="onoff: seconds between bursts")
     g.add_argument("--trace", help="CSV trace to replay (columns time_s[,workflow][,lora])")
     g.add_argument("--time-scale", type=positive_float, default=1.0,
                    help="trace: replay speed-up")
-    g.add_argument("--count", type=positive_int, help="at most this many requests")
-    g.add_argument("--duration", type=positive_float, help="no arrival after this many seconds")
-    g.add_argument("--seed", type=non_negative_int, default=0)
+    g.add_argument("--count", type=positive_int,
+                   help="at most this many requests (default: no limit)")
+    g.add_argument("--duration", type=positive_float,
+                   help="no arrival after this many seconds (default: no limit)")
+    g.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of arrivals, workflows, LoRAs and payloads")
     w = parser.add_argument_group("workload")
     w.add_argument("--mix", type=mix, default={"txt2img": 1.0},
                    help=f"weights, e.g. txt2img=3,lora=1 (workflows: {', '.join(WORKFLOWS)})")
-    w.add_argument("--slo", type=slos, default={}, help="seconds: 5, or txt2img=2,edit=3")
-    w.add_argument("--model", default="tiny-sd")
+    w.add_argument("--slo", type=slos, default={},
+                   help="seconds: 5, or txt2img=2,edit=3 (default: no SLO)")
+    w.add_argument("--model", default="tiny-sd", help="model of text-to-image and LoRA requests")
     w.add_argument("--edit-model", default="",
-                   help="model of edit requests (default: an inpainting model the gateway lists)")
+                   help="model of edit requests (empty: an inpainting model the gateway lists)")
     w.add_argument("--width", type=non_negative_int, default=0, help="0 = model default")
-    w.add_argument("--height", type=non_negative_int, default=0)
-    w.add_argument("--steps", type=positive_int, default=20)
-    w.add_argument("--guidance", type=float, default=7.5)
-    w.add_argument("--loras", type=name_list, default=("tiny-lora-r4", "tiny-lora-r8"))
+    w.add_argument("--height", type=non_negative_int, default=0, help="0 = model default")
+    w.add_argument("--steps", type=positive_int, default=20, help="denoising steps per request")
+    w.add_argument("--guidance", type=float, default=7.5, help="guidance scale per request")
+    w.add_argument("--loras", type=name_list, default=("tiny-lora-r4", "tiny-lora-r8"),
+                   help="comma-separated LoRAs the lora workflow draws from")
     w.add_argument("--lora-popularity", default="zipf:1.0", help="uniform or zipf:S")
-    w.add_argument("--lora-scale", type=float, default=0.8)
-    w.add_argument("--controlnets", type=name_list, default=("tiny-cn-a",))
-    w.add_argument("--controlnet-scale", type=float, default=1.0)
+    w.add_argument("--lora-scale", type=float, default=0.8, help="scale of each drawn LoRA")
+    w.add_argument("--controlnets", type=name_list, default=("tiny-cn-a",),
+                   help="comma-separated ControlNets the controlnet workflow draws from")
+    w.add_argument("--controlnet-scale", type=float, default=1.0,
+                   help="conditioning scale of each ControlNet")
     w.add_argument("--mask-ratio", type=ratio_range, default=(0.1, 0.4),
                    help="edit: masked fraction, 0.25 or 0.1:0.4")
     w.add_argument("--strength", type=positive_float, default=0.6, help="img2img strength")
@@ -142,9 +151,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                    help="requests in flight at most (0 = no cap)")
     g.add_argument("--timeout", type=positive_float, default=60.0, help="deadline per request (s)")
     g.add_argument("--redis-url", default="", help="sample queue depth per model from this Redis")
-    g.add_argument("--depth-interval", type=positive_float, default=0.5)
-    g.add_argument("--out", help="folder for requests.jsonl, summary.json and plots")
-    g.add_argument("--no-plots", action="store_true")
+    g.add_argument("--depth-interval", type=positive_float, default=0.5,
+                   help="seconds between queue-depth samples (with --redis-url)")
+    g.add_argument("--out", help="folder for requests.jsonl, summary.json and plots "
+                   "(default: print the summary only)")
+    g.add_argument("--no-plots", action="store_true",
+                   help="with --out: write no PNG plots (they need matplotlib)")
     g.add_argument("--quiet", action="store_true", help="no progress line")
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,25 @@ def test_registering_on_a_base_model_is_refused(fleet: Any) -> None:
                 timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "model" in (caught.value.details() or "")
+
+
+def test_cli_registers_a_template_with_its_recipe(fleet: Any, tiny_models: Path,
+                                                  tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`dfleet register-template` passes seed, steps and guidance: an edit naming none of
+    them computes what diffusers computes with that recipe."""
+    from dfleet.cli import main
+
+    image = tmp_path / "template.png"
+    TEMPLATE.save(image)
+    assert main(["register-template", MODEL, str(image), "--prompt", "a sofa in a room",
+                 "--seed", "7", "--steps", "6", "--guidance-scale", "5.0",
+                 "--gateway", fleet.gateway_address]) == 0
+    template_id = json.loads(capsys.readouterr().out)["template_id"]
+    with dfleet.Client(fleet.gateway_address, timeout=120) as client:
+        result = client.generate("a cat on a sofa", template_id=template_id, mask=MASK,
+                                 return_pixels=True)
+    expected = reference(tiny_models, prompt="a cat on a sofa", seed=7, steps=6,
+                         guidance_scale=5.0, image=TEMPLATE, mask=MASK, model=MODEL)
+    assert result.pixels is not None
+    assert np.abs(result.pixels - expected).max() <= TOLERANCE, result.metadata

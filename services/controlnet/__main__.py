@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import grpc
 import torch
-from prometheus_client import start_http_server
 
 from diffusion.v1 import controlnet_pb2_grpc
 from services.common.model_store import ModelStore
@@ -29,7 +28,6 @@ class ControlNetSettings(ServiceSettings):
     dtype: str = setting("weights: float32, float16 or bfloat16", default="float32")
     cuda_graphs: bool = setting("capture each ControlNet as CUDA graphs per shape (CUDA only)",
                                 default=False)
-    metrics_port: int = setting("serve Prometheus metrics on this port; 0 = off", default=0)
 
     def validate(self) -> None:
         super().validate()
@@ -39,8 +37,6 @@ class ControlNetSettings(ServiceSettings):
             raise ValueError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.cuda_graphs and not self.device.startswith("cuda"):
             raise ValueError(f"cuda_graphs=True needs a CUDA device, not device={self.device!r}")
-        if not 0 <= self.metrics_port <= 65535:
-            raise ValueError(f"metrics_port={self.metrics_port} is outside 0..65535")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,8 +44,6 @@ def main(argv: list[str] | None = None) -> None:
     init_process(settings, ROLE)
     engine = ControlNetEngine(ModelStore(settings.models_dir), settings.budget_mb << 20,
                               settings.device, DTYPES[settings.dtype], settings.cuda_graphs)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.host)
 
     def add(server: grpc.Server, runtime: ServiceRuntime) -> list[str]:
         controlnet_pb2_grpc.add_ControlNetServicer_to_server(
