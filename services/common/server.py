@@ -15,10 +15,12 @@ from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
+import prometheus_client
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection as grpc_reflection
 
-from diffusion.v1 import tensor_pb2_grpc
+from diffusion.v1 import tensor_pb2, tensor_pb2_grpc
 from services.common.channels import CHANNEL_OPTIONS, ChannelPool
 from services.common.errors import ErrorInterceptor
 from services.common.fleet_state import FleetState, ReplicaInfo
@@ -41,6 +43,8 @@ class ServiceRuntime:
     fleet: FleetState | None
     channels: ChannelPool = field(default_factory=ChannelPool)
     stopping: threading.Event = field(default_factory=threading.Event)
+    metrics_port: int | None = None
+    """Where GET /metrics answers (None: off); heartbeats carry it for scrapers and tests."""
 
 
 @dataclass
@@ -77,16 +81,35 @@ def _heartbeat_loop(runtime: ServiceRuntime, beat: Heartbeat) -> None:
 
 
 def _replica_info(runtime: ServiceRuntime, beat: Heartbeat) -> ReplicaInfo:
+    extra = beat.extra()
+    if runtime.metrics_port is not None:
+        extra = {**extra, "metrics_port": str(runtime.metrics_port)}
     return ReplicaInfo(
         replica_id=runtime.settings.replica_id, role=runtime.role, address=runtime.address,
         host_id=host_id(), models=tuple(beat.models()), loras=tuple(beat.loras()),
-        load=beat.load(), extra=beat.extra())
+        load=beat.load(), extra=extra)
+
+
+def start_metrics(settings: ServiceSettings, role: str) -> int | None:
+    """Serves the process's Prometheus registry on ``metrics_port``; the bound port or None."""
+    if settings.metrics_port < 0:
+        return None
+    http_server, _thread = prometheus_client.start_http_server(settings.metrics_port,
+                                                              addr=settings.host)
+    port = int(http_server.server_port)
+    log.info("metrics on %s:%d/metrics", settings.host, port, extra={"role": role})
+    return port
 
 
 def serve(role: str, settings: ServiceSettings,
           add_servicers: Callable[[grpc.Server, ServiceRuntime], list[str]],
-          heartbeat: Heartbeat | None = None, max_workers: int = 64) -> None:
-    """Serves until SIGTERM/SIGINT; ``add_servicers`` returns the service names for health."""
+          heartbeat: Heartbeat | None = None, max_workers: int = 64,
+          reflection: bool = False) -> None:
+    """Serves until SIGTERM/SIGINT; ``add_servicers`` returns the service names for health.
+
+    ``reflection`` serves gRPC server reflection, so clients without the proto files
+    (grpcurl, grpcui, Postman) can list, describe and call every service here.
+    """
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                          interceptors=[ErrorInterceptor()], options=CHANNEL_OPTIONS)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
@@ -97,11 +120,16 @@ def serve(role: str, settings: ServiceSettings,
     exporter = TensorExporter(address, default_ttl_s=settings.lease_ttl_s,
                               inline_max_bytes=settings.inline_max_bytes, role=role)
     fleet = FleetState.from_url(settings.redis_url) if settings.redis_url else None
-    runtime = ServiceRuntime(role, settings, address, exporter, TensorImporter(), fleet)
+    runtime = ServiceRuntime(role, settings, address, exporter, TensorImporter(), fleet,
+                             metrics_port=start_metrics(settings, role))
     names = add_servicers(server, runtime)
     tensor_pb2_grpc.add_TensorLeasesServicer_to_server(TensorLeasesServicer(exporter), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if reflection:
+        served = [*names, tensor_pb2.DESCRIPTOR.services_by_name["TensorLeases"].full_name,
+                  health.SERVICE_NAME, grpc_reflection.SERVICE_NAME]
+        grpc_reflection.enable_server_reflection(served, server)
     server.start()
     for name in ["", *names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

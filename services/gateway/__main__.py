@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         return ["diffusion.v1.Gateway"]
 
     serve(ROLE, settings, add,
-          Heartbeat(load=lambda: holder["servicer"].inflight() if holder else 0))
+          Heartbeat(load=lambda: holder["servicer"].inflight() if holder else 0),
+          reflection=settings.reflection)
 
 
 if __name__ == "__main__":

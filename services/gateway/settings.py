@@ -43,6 +43,8 @@ class GatewaySettings(ServiceSettings):
                                      "model on (bench/masked_editing.py writes one)", default="")
     edit_halo: int = setting("latent tokens the denoisers recompute around a mask (their "
                              "edit_halo), for predicting an edit's work", default=1)
+    reflection: bool = setting("serve gRPC server reflection (grpcurl and other tools then "
+                               "need no proto files)", default=True)
 
     def validate(self) -> None:
         super().validate()
