@@ -31,8 +31,13 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # no
 
 from services.common.model_store import ModelStore  # noqa: E402
 from services.common.tiny_model import write_tiny_model  # noqa: E402
+from services.denoiser.addons.controlnet import (  # noqa: E402
+    ControlNetRequest,
+    ControlNetSpec,
+)
+from services.denoiser.addons.lora import LoraRequest, LoraSpec  # noqa: E402
 from services.denoiser.engine import DenoiserEngine  # noqa: E402
-from services.denoiser.job import ControlNetSpec, DenoiseJob, LoraSpec  # noqa: E402
+from services.denoiser.job import DenoiseJob  # noqa: E402
 from services.denoiser.local_controlnet import LocalControlNetLink  # noqa: E402
 from services.denoiser.offline import encode_prompts, join_at, read_lora_layers, run  # noqa: E402
 from services.denoiser.unet_models import unet_loader  # noqa: E402
@@ -97,7 +102,8 @@ def bal_rows(store: ModelStore, engine: DenoiserEngine, decode: Decoder, prompts
             for k in BAL_BOUNDS:
                 loaded, on_step = join_at(layers, k)
                 final = run(engine, job(embeds, 100 + i, steps, size,  # type: ignore[arg-type]
-                                        loras=[LoraSpec(lora, 1.0, "")]),
+                                        addons={"lora": LoraRequest(
+                                            (LoraSpec(lora, 1.0, ""),))}),
                             loras=loaded, bound=k, on_step=on_step)
                 assert final.lora_step == k, (final.lora_step, k)
                 outcomes[k] = (final.latents, decode(final.latents))
@@ -124,7 +130,8 @@ def stale_rows(store: ModelStore, engine: DenoiserEngine, decode: Decoder, promp
             link = LocalControlNetLink(controlnet, torch.cat([cond] * 2),
                                        torch.cat([embeds[1], embeds[0]]))
             final = run(engine, job(embeds, 200 + i, steps, size,  # type: ignore[arg-type]
-                                    controlnets=[spec], stale_controlnet=stale), [link])
+                                    addons={"controlnet": ControlNetRequest((spec,), stale)}),
+                        [link])
             outcomes.append((final.latents, decode(final.latents)))
         results.append(compare(outcomes[0], outcomes[1]))
     return [{"switch": "stale ControlNet residuals", "lora": "", **mean_of(results)}]

@@ -45,8 +45,8 @@ from services.common.channels import ChannelPool  # noqa: E402
 from services.common.model_store import ModelStore  # noqa: E402
 from services.common.transport import TensorExporter, TensorImporter, local_peer  # noqa: E402
 from services.controlnet.cache import model_bytes  # noqa: E402
+from services.denoiser.addons.lora import LoraSpec  # noqa: E402
 from services.denoiser.controlnet_link import ControlNetLink  # noqa: E402
-from services.denoiser.job import LoraSpec  # noqa: E402
 from services.denoiser.lora_loader import LoraDeviceCache, LoraLoader, service_fetch  # noqa: E402
 
 

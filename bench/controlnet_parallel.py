@@ -38,9 +38,13 @@ from services.common.channels import ChannelPool  # noqa: E402
 from services.common.model_store import ModelStore  # noqa: E402
 from services.common.tiny_model import write_tiny_model  # noqa: E402
 from services.common.transport import TensorExporter, TensorImporter, local_peer  # noqa: E402
+from services.denoiser.addons.controlnet import (  # noqa: E402
+    ControlNetRequest,
+    ControlNetSpec,
+)
 from services.denoiser.controlnet_link import ControlNetLink  # noqa: E402
 from services.denoiser.engine import DenoiserEngine  # noqa: E402
-from services.denoiser.job import ControlNetSpec, DenoiseJob  # noqa: E402
+from services.denoiser.job import DenoiseJob  # noqa: E402
 from services.denoiser.offline import encode_prompts, run  # noqa: E402
 from services.denoiser.unet_models import unet_loader  # noqa: E402
 
@@ -58,8 +62,7 @@ def ensure_models(root: Path) -> Path:
 class Bench:
     def __init__(self, store: ModelStore, addresses: list[str], size: int, steps: int) -> None:
         unets = unet_loader(store)
-        self.engines = {parallel: DenoiserEngine(unets.get, parallel_controlnet=parallel)
-                        for parallel in (True, False)}
+        self.engine = DenoiserEngine(unets.get)
         self.embeds = encode_prompts(store, "tiny-sd", ["a house by a lake", ""])
         self.addresses, self.size, self.steps = addresses, size, steps
         self.channels, self.importer = ChannelPool(), TensorImporter()
@@ -81,13 +84,14 @@ class Bench:
         job = DenoiseJob(request_id=f"bench-{seed}", model="tiny-sd", prompt_embeds=positive,
                          negative_prompt_embeds=negative, width=self.size, height=self.size,
                          num_inference_steps=self.steps, guidance_scale=7.5, seed=seed,
-                         controlnets=specs, stale_controlnet=mode == "stale")
-        final = run(self.engines[mode != "serial"], job, links)
-        return final.run_ms / final.steps, final.controlnet_wait_ms / final.steps
+                         addons={"controlnet": ControlNetRequest(tuple(specs),
+                                                                 stale=mode == "stale")})
+        final = run(self.engine, job, links, parallel_controlnet=mode != "serial")
+        wait_ms = float(final.metadata["controlnet_wait_ms"])
+        return final.run_ms / final.steps, wait_ms / final.steps
 
     def close(self) -> None:
-        for engine in self.engines.values():
-            engine.stop()
+        self.engine.stop()
         self.exporter.close()
         self.importer.close()
         self.channels.close()

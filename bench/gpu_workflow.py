@@ -45,9 +45,14 @@ import torch  # noqa: E402
 
 from services.common.model_store import ModelStore  # noqa: E402
 from services.controlnet.cuda_graph import GraphedControlNet  # noqa: E402
+from services.denoiser.addons.controlnet import (  # noqa: E402
+    ControlNetRequest,
+    ControlNetSpec,
+)
+from services.denoiser.addons.lora import LoraRequest, LoraSpec  # noqa: E402
 from services.denoiser.cuda_graphs import GraphedHalves  # noqa: E402
 from services.denoiser.engine import DenoiserEngine  # noqa: E402
-from services.denoiser.job import ControlNetSpec, DenoiseJob, LoraSpec  # noqa: E402
+from services.denoiser.job import DenoiseJob  # noqa: E402
 from services.denoiser.local_controlnet import LocalControlNetLink  # noqa: E402
 from services.denoiser.lora_loader import LoraDeviceCache, LoraLoader  # noqa: E402
 from services.denoiser.lora_patch import NO_PATCH, LoraPatcher, parse_lora  # noqa: E402
@@ -192,8 +197,9 @@ class Ours:
             num_inference_steps=steps, guidance_scale=GUIDANCE, seed=0,
             pooled_prompt_embeds=x.pooled, negative_pooled_prompt_embeds=x.negative_pooled,
             add_time_ids=x.time_ids,
-            controlnets=[ControlNetSpec("cn", "", x.cond)] if controlnet else [],
-            loras=[LoraSpec(lora, 1.0, "")] if lora else [])
+            addons={**({"controlnet": ControlNetRequest((ControlNetSpec("cn", "", x.cond),))}
+                       if controlnet else {}),
+                    **({"lora": LoraRequest((LoraSpec(lora, 1.0, ""),))} if lora else {})})
         sync(self.device)
         start = time.perf_counter()
         links = []
@@ -212,7 +218,7 @@ class Ours:
                 held = host.fetch(spec.name)
                 return parse_lora({k: held.tensor(k) for k in held.layout}, held.metadata)
             loader = LoraLoader(fetch, LoraDeviceCache(8 << 30), self.device)  # cold device
-            loras = loader.load(job.loras, job.request_id)
+            loras = loader.load(list(job.addons["lora"].loras), job.request_id)
         final = run(self.engine, job, links, loras, bound)
         with torch.inference_mode():
             vae = self.models["vae"]

@@ -115,7 +115,7 @@ class Bench:
                 "exact_denoise_runs_ms": exact_ms, "cached_denoise_runs_ms": cached_ms}
 
     def _region(self, ratio: float) -> float:
-        from services.gateway.edit_dispatch import region_ratio
+        from services.gateway.attachments.template_edit import region_ratio
         from services.gateway.images import mask_condition
 
         return region_ratio(mask_condition(box_mask(SIZE, ratio), SIZE, SIZE, 8), 8,

@@ -14,6 +14,7 @@ from dfleet.errors import (
 )
 from dfleet.events import (
                            Event,
+                           GeneratedImage,
                            ModelInfo,
                            Progress,
                            Queued,
@@ -26,7 +27,8 @@ from dfleet.inputs import Approximations, ControlNet, GenerateParams, Lora
 
 __all__ = [
     "Approximations", "AsyncClient", "Cancelled", "Client", "ControlNet", "DeadlineExceeded",
-    "Event", "FleetError", "GenerateParams", "Internal", "InvalidArgument", "Lora", "ModelInfo",
+    "Event", "FleetError", "GenerateParams", "GeneratedImage", "Internal", "InvalidArgument",
+    "Lora", "ModelInfo",
     "NotFound", "Progress", "Queued", "RequestState", "RequestStatus", "ResourceExhausted",
     "Result", "Template", "Unavailable",
 ]

@@ -73,14 +73,29 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class GeneratedImage:
+    """One image of a result, drawn from ``seed``; ``pixels`` when asked for."""
+
+    png: bytes
+    seed: int
+    pixels: np.ndarray | None = None
+
+    @cached_property
+    def image(self) -> Image.Image:
+        return decode_image(self.png)
+
+
+@dataclass(frozen=True)
 class Result:
-    """The finished image; ``pixels`` is the float image when it was asked for."""
+    """The finished images (``image`` and ``pixels`` are the first one's; ``images`` holds
+    every one, in seed order); ``pixels`` is the float image when it was asked for."""
 
     request_id: str
     png: bytes
     pixels: np.ndarray | None
     metadata: dict[str, str] = field(default_factory=dict)
     latency_ms: float = 0.0
+    images: tuple[GeneratedImage, ...] = ()
 
     @cached_property
     def image(self) -> Image.Image:
@@ -92,8 +107,11 @@ Event = Queued | Progress | Result
 
 def result_from_proto(request_id: str, result: gateway_pb2.GenerateResult) -> Result:
     pixels = decode_tensor(result.pixels) if result.HasField("pixels") else None
+    images = tuple(GeneratedImage(i.image.data, i.seed,
+                                  decode_tensor(i.pixels) if i.HasField("pixels") else None)
+                   for i in result.images)
     return Result(request_id=request_id, png=result.image.data, pixels=pixels,
-                  metadata=dict(result.metadata), latency_ms=result.latency_ms)
+                  metadata=dict(result.metadata), latency_ms=result.latency_ms, images=images)
 
 
 def event_from_proto(event: gateway_pb2.GenerateEvent) -> Event:
@@ -145,17 +163,20 @@ def status_from_proto(response: gateway_pb2.GetRequestResponse) -> RequestStatus
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A model, ControlNet or LoRA the fleet serves; ``kind`` says which."""
+    """A model, ControlNet or LoRA the fleet serves; ``kind`` says which. Base and inpainting
+    models list the schedulers a request may name, and their own."""
 
     name: str
     kind: str
     default_width: int
     default_height: int
+    schedulers: tuple[str, ...] = ()
+    default_scheduler: str = ""
 
 
 def models_from_proto(response: gateway_pb2.ListModelsResponse) -> list[ModelInfo]:
-    return [ModelInfo(m.name, m.kind, m.default_width, m.default_height)
-            for m in response.models]
+    return [ModelInfo(m.name, m.kind, m.default_width, m.default_height, tuple(m.schedulers),
+                      m.default_scheduler) for m in response.models]
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,8 @@ class GenerateParams(TypedDict, total=False):
     template_id: str
     request_id: str
     approximations: Approximations | None
+    scheduler: str
+    num_images: int
 
 
 def encode_image(image: ImageLike) -> bytes:
@@ -117,6 +119,8 @@ def build_request(prompt: str, params: GenerateParams) -> gateway_pb2.GenerateRe
         preview=params.get("preview", False),
         return_pixels=params.get("return_pixels", False),
         template_id=params.get("template_id", ""),
+        scheduler=params.get("scheduler", ""),
+        num_images=params.get("num_images") or 0,
     )
     guidance = params.get("guidance_scale")
     if guidance is not None:

@@ -23,7 +23,7 @@ from services.common.model_store import ModelStore
 from services.denoiser.job import DenoiseJob
 from services.denoiser.masked_unet import StepInputs
 from services.denoiser.request_state import ModelInfo, RequestState, prepare
-from services.denoiser.template_editing import CACHED, TemplateEdit, TemplateEditor
+from services.denoiser.template_editing import CACHED, TemplateEdit, TemplateEditor, edit_of
 from services.gateway import images
 
 LOAD = dict(local_files_only=True, safety_checker=None, requires_safety_checker=False)
@@ -88,7 +88,7 @@ class EditPipeline:
                           num_inference_steps=steps, guidance_scale=guidance, seed=seed,
                           strength=1.0, mask=condition,
                           masked_image_moments=self.moments(init * (condition < 0.5)),
-                          edit=edit)
+                          addons={"template_edit": edit} if edit is not None else {})
 
     def denoise(self, job: DenoiseJob) -> tuple[torch.Tensor, str]:
         """Runs ``job`` (and a recording job the editor asks for, alongside) to the end."""
@@ -99,22 +99,23 @@ class EditPipeline:
                 self._step(states)
         for state in states:
             self.editor.finish(state.job)
-        mode = job.edit.mode if job.edit is not None else "exact"
+        edit = edit_of(job)
+        mode = edit.mode if edit is not None else "exact"
         return states[0].latents, mode
 
     def _step(self, states: list[RequestState]) -> None:
-        inputs = [s.model_input()[1] for s in states]
+        inputs = [s.rows().sample for s in states]
         sample = torch.cat(inputs)
-        timesteps = torch.cat([s.timesteps[s.index].to(torch.float64).reshape(1).expand(s.rows)
-                               for s in states])
+        timesteps = torch.cat([s.timesteps[s.index].to(torch.float64).reshape(1)
+                               .expand(s.rows_count) for s in states])
         embeds = torch.cat([s.prompt_embeds for s in states])
-        edit = states[0].job.edit
+        edit = edit_of(states[0].job)
         if edit is not None and edit.mode == CACHED:
             noise = self.editor.sparse_step(self.unet, states, StepInputs(sample, timesteps,
                                                                           embeds))
             self._advance(states, noise)
             return
-        firsts = list(np.cumsum([0] + [s.rows for s in states[:-1]]))
+        firsts = list(np.cumsum([0] + [s.rows_count for s in states[:-1]]))
         with self.editor.recording(self.unet, list(zip(states, firsts, strict=True))):
             noise = self.unet(sample, timesteps, encoder_hidden_states=embeds,
                               return_dict=False)[0]
@@ -125,8 +126,8 @@ class EditPipeline:
         offset = 0
         for state in states:
             if not state.done:
-                state.advance(noise[offset:offset + state.rows])
-            offset += state.rows
+                state.advance(noise[offset:offset + state.rows_count])
+            offset += state.rows_count
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         vae = self.pipe.vae

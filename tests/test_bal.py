@@ -25,9 +25,10 @@ import torch
 import dfleet
 from services.common.model_store import ModelStore
 from services.denoiser import bal_profile
+from services.denoiser.addons.lora import LoraRequest, LoraSpec
 from services.denoiser.bal import BalProfile, BalProfiles, LoraGate
 from services.denoiser.engine import DenoiserEngine
-from services.denoiser.job import DenoiseJob, LoraSpec, StepEvent
+from services.denoiser.job import DenoiseJob, StepEvent
 from services.denoiser.lora_patch import NO_PATCH
 from services.denoiser.offline import encode_prompts, join_at, read_lora_layers, ready, run
 from services.denoiser.request_state import prepare
@@ -102,7 +103,7 @@ def _job(store: ModelStore, name: str, steps: int = 10) -> DenoiseJob:
     return DenoiseJob(request_id=name, model="tiny-sd", prompt_embeds=positive,
                       negative_prompt_embeds=negative, width=64, height=64,
                       num_inference_steps=steps, guidance_scale=7.5, seed=7,
-                      loras=[LoraSpec(LORA, 1.0, "")])
+                      addons={"lora": LoraRequest((LoraSpec(LORA, 1.0, ""),))})
 
 
 def _joined_at(store: ModelStore, engine: DenoiserEngine, job: DenoiseJob,
@@ -114,8 +115,8 @@ def _joined_at(store: ModelStore, engine: DenoiserEngine, job: DenoiseJob,
     with torch.inference_mode():
         while not state.done:
             model.patcher.apply(PATCH if state.index >= k else NO_PATCH, layers)
-            _, sample = state.model_input()
-            t = state.timesteps[state.index].to(torch.float64).reshape(1).expand(state.rows)
+            sample = state.rows().sample
+            t = state.timesteps[state.index].to(torch.float64).reshape(1).expand(state.rows_count)
             state.advance(model.halves.forward(sample, t, state.prompt_embeds))
     return state.latents
 

@@ -16,9 +16,10 @@ import torch
 
 from services.common.model_store import ModelStore
 from services.controlnet.cuda_graph import GraphedControlNet
+from services.denoiser.addons.controlnet import ControlNetRequest, ControlNetSpec
 from services.denoiser.cuda_graphs import GraphedHalves
 from services.denoiser.engine import DenoiserEngine
-from services.denoiser.job import ControlNetSpec, DenoiseJob
+from services.denoiser.job import DenoiseJob
 from services.denoiser.local_controlnet import LocalControlNetLink
 from services.denoiser.lora_patch import LoraPatcher
 from services.denoiser.offline import encode_prompts, read_lora_layers, run
@@ -93,7 +94,8 @@ def test_engine_with_graphs_equals_engine_without(store: ModelStore) -> None:
             job = DenoiseJob(request_id=f"g{graphs}", model="tiny-sd", prompt_embeds=positive,
                              negative_prompt_embeds=negative, width=64, height=64,
                              num_inference_steps=6, guidance_scale=7.5, seed=3,
-                             controlnets=[ControlNetSpec("tiny-cn-a", "", cond)])
+                             addons={"controlnet": ControlNetRequest(
+                                 (ControlNetSpec("tiny-cn-a", "", cond),))})
             link = LocalControlNetLink(controlnet, torch.cat([cond] * 2),
                                        torch.cat([negative, positive]))
             results.append(run(engine, job, [link]).latents.cpu())

@@ -23,7 +23,7 @@ import torch
 from diffusion.v1 import gateway_pb2
 from services.common.errors import InvalidArgument
 from services.common.fleet_state import FleetState, ReplicaInfo
-from services.gateway.edit_dispatch import region_ratio
+from services.gateway.attachments.template_edit import region_ratio
 from services.gateway.edit_placement import (
     LEAST_REQUESTS,
     MASK_AWARE,

@@ -14,7 +14,6 @@ import torch
 
 from services.common.errors import FleetError
 from services.common.model_store import ModelStore
-from services.denoiser.controlnet_set import ControlNetSet
 from services.denoiser.engine import DenoiserEngine
 from services.denoiser.job import DenoiseJob, ErrorEvent, FinalEvent, StepEvent
 from services.denoiser.offline import encode_prompts, run
@@ -56,7 +55,7 @@ def test_one_active_request_runs_them_in_order_and_exact(store: ModelStore) -> N
         for thread in drains:
             thread.start()
         for job in jobs:
-            engine.submit(job, ControlNetSet([], 0))
+            engine.submit(job)
         for thread in drains:
             thread.join(timeout=120)
         order = [rid for rid, _ in log]
@@ -77,8 +76,8 @@ def test_a_request_cancelled_while_waiting_ends_without_a_step(store: ModelStore
     try:
         first, second = _job(store, "first", 1), _job(store, "second", 2)
         second.cancelled.set()
-        engine.submit(first, ControlNetSet([], 0))
-        engine.submit(second, ControlNetSet([], 0))
+        engine.submit(first)
+        engine.submit(second)
         events: list[Any] = []
         while not events or not isinstance(events[-1], FinalEvent | ErrorEvent):
             events.append(second.events.get(timeout=120))

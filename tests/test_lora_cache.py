@@ -31,7 +31,7 @@ from services.common.server import ServiceRuntime
 from services.common.settings import ServiceSettings
 from services.common.transport import TensorExporter, TensorImporter, local_peer
 from services.common.transport.shm import SHM_DIR
-from services.denoiser.job import LoraSpec
+from services.denoiser.addons.lora import LoraSpec
 from services.denoiser.lora_loader import LoraDeviceCache, LoraLoader, layers_nbytes, service_fetch
 from services.denoiser.lora_patch import NO_PATCH, LoraPatcher
 from services.denoiser.offline import read_lora_layers

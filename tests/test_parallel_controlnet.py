@@ -24,17 +24,19 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 
 import dfleet
 from services.common.model_store import ModelStore
+from services.denoiser.addons.base import StepRows
+from services.denoiser.addons.controlnet import ControlNetAddon, ControlNetRequest, ControlNetSpec
 from services.denoiser.controlnet_set import ControlNetSet
 from services.denoiser.engine import DenoiserEngine
-from services.denoiser.job import ControlNetSpec, DenoiseJob
+from services.denoiser.job import DenoiseJob
 from services.denoiser.local_controlnet import LocalControlNetLink
-from services.denoiser.lora_patch import NO_PATCH, LoraPatcher
+from services.denoiser.lora_patch import LoraPatcher
 from services.denoiser.offline import encode_prompts, run
 from services.denoiser.request_state import ModelInfo
 from services.denoiser.step_batch import LoadedUnet, run_batch
 from services.denoiser.unet_halves import UnetHalves
 from services.denoiser.unet_models import unet_loader
-from services.denoiser.work import StepInput, StepWork
+from services.denoiser.work import DenoiseWork
 from tests.diffusers_reference import reference, sample_image
 
 TOLERANCE = 1e-5
@@ -119,39 +121,26 @@ class _RecordingHalves(UnetHalves):
         return super().up(*args, **kwargs)
 
 
-class _OneStep(StepWork):
-    def __init__(self, controls: ControlNetSet, sample: torch.Tensor, embeds: torch.Tensor
-                 ) -> None:
-        self.request_id, self.model, self.controls = "w", "m", controls
+class _OneStep:
+    """A sampler of one step of given rows, keeping the model's output."""
+
+    def __init__(self, sample: torch.Tensor, embeds: torch.Tensor) -> None:
+        self.request_id, self.model, self.step, self.latents = "w", "m", 0, None
         self.sample, self.embeds = sample, embeds
         self.noise: torch.Tensor | None = None
 
-    patch = NO_PATCH  # type: ignore[assignment]
-    layers = {}  # type: ignore[assignment]
+    def rows(self) -> StepRows:
+        return StepRows(self.sample, self.sample, torch.tensor(500), self.embeds, ("cond",))
 
-    def group_key(self) -> tuple[Any, ...]:
-        return ()
-
-    def runnable(self) -> bool:
-        return True
-
-    def begin_step(self) -> StepInput:
-        t = torch.tensor(500)
-        self.controls.send(0, self.sample, t, [1.0] * len(self.controls.links))
-        return StepInput(self.sample, t, self.embeds)
-
-    def end_step(self, noise: torch.Tensor) -> bool:
+    def advance(self, noise: torch.Tensor) -> None:
         self.noise = noise
-        return True
 
-    def after_step(self) -> bool:
-        return True
 
-    def expired(self, now: float) -> Exception | None:
-        return None
-
-    def finish(self, error: Exception | None) -> None:
-        pass
+def _one_step(controls: ControlNetSet, sample: torch.Tensor, embeds: torch.Tensor,
+              parallel: bool = True) -> DenoiseWork:
+    scales = [[1.0] * len(controls.links)]
+    return DenoiseWork(_OneStep(sample, embeds),  # type: ignore[arg-type]
+                       [ControlNetAddon(controls, scales, parallel)])
 
 
 @pytest.mark.parametrize("parallel", [True, False])
@@ -166,10 +155,10 @@ def test_batch_step_sends_to_every_controlnet_before_reading_any(parallel: bool)
     residuals = ([torch.randn_like(s) for s in shapes.skips], torch.randn_like(shapes.sample))
     log.events.clear()
     links = [_RecordingLink(log, "a", residuals), _RecordingLink(log, "b", residuals)]
-    works: list[StepWork] = [_OneStep(ControlNetSet(links, 1), sample, embeds)]
+    works = [_one_step(ControlNetSet(links, 1), sample, embeds, parallel)]
     model = LoadedUnet(unet, ModelInfo({}, 0.18, 8, 4), LoraPatcher(unet), halves)
     with torch.inference_mode():
-        assert run_batch(model, works, parallel_controlnet=parallel) == [True]
+        assert run_batch(model, works) == [True]
     if parallel:
         assert log.events == ["send a 0", "send b 0", "down_mid", "receive a", "receive b", "up"]
     else:
@@ -189,7 +178,8 @@ def _controlnet_job(store: ModelStore, seed: int, names: list[str]) -> tuple[Den
                             scale=0.8 + 0.3 * i) for i, name in enumerate(names)]
     job = DenoiseJob(request_id=f"cn-{seed}", model="tiny-sd", prompt_embeds=positive,
                      negative_prompt_embeds=negative, width=64, height=64,
-                     num_inference_steps=8, guidance_scale=7.5, seed=seed, controlnets=specs)
+                     num_inference_steps=8, guidance_scale=7.5, seed=seed,
+                     addons={"controlnet": ControlNetRequest(tuple(specs))})
     rows = torch.cat([negative, positive])
     links = []
     for spec in specs:
@@ -204,10 +194,10 @@ def test_parallel_controlnet_equals_serial(store: ModelStore, names: list[str]) 
     unets = unet_loader(store)
     results = []
     for parallel in (True, False):
-        engine = DenoiserEngine(unets.get, parallel_controlnet=parallel)
+        engine = DenoiserEngine(unets.get)
         try:
             job, links = _controlnet_job(store, 5, names)
-            results.append(run(engine, job, links).latents)
+            results.append(run(engine, job, links, parallel_controlnet=parallel).latents)
         finally:
             engine.stop()
     assert (results[0] - results[1]).abs().max().item() <= TOLERANCE
@@ -270,13 +260,14 @@ def test_a_failing_controlnet_fails_only_its_own_work() -> None:
         def receive(self) -> tuple[list[torch.Tensor], torch.Tensor]:
             raise RuntimeError("controlnet replica went away")
 
-    broken = _OneStep(ControlNetSet([Broken(_Log(), "x", ([], torch.zeros(())))], 1),
-                      sample, embeds)
-    fine = _OneStep(ControlNetSet([], 1), sample.clone(), embeds.clone())
+    broken = _one_step(ControlNetSet([Broken(_Log(), "x", ([], torch.zeros(())))], 1),
+                       sample, embeds)
+    fine = _one_step(ControlNetSet([], 1), sample.clone(), embeds.clone())
     model = LoadedUnet(unet, ModelInfo({}, 0.18, 8, 4), LoraPatcher(unet), UnetHalves(unet))
     with torch.inference_mode():
         outcomes = run_batch(model, [broken, fine])
         expected = unet(sample, torch.tensor([500.0], dtype=torch.float64), embeds).sample
     assert isinstance(outcomes[0], RuntimeError) and outcomes[1] is True
-    assert broken.noise is None and fine.noise is not None
-    assert (fine.noise - expected).abs().max().item() <= TOLERANCE  # batched with another
+    broken_noise, fine_noise = broken.sampler.noise, fine.sampler.noise  # type: ignore[attr-defined]
+    assert broken_noise is None and fine_noise is not None
+    assert (fine_noise - expected).abs().max().item() <= TOLERANCE  # batched with another

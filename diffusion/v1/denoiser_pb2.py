@@ -25,41 +25,57 @@ _sym_db = _symbol_database.Default()
 from diffusion.v1 import tensor_pb2 as diffusion_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64iffusion/v1/denoiser.proto\x12\x0c\x64iffusion.v1\x1a\x19\x64iffusion/v1/tensor.proto\"\xc5\x01\n\x14\x43ontrolNetAttachment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\ncond_image\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05scale\x18\x04 \x01(\x02\x12\x16\n\x0eguidance_start\x18\x05 \x01(\x02\x12\x14\n\x0cguidance_end\x18\x06 \x01(\x02\x12$\n\x04peer\x18\x07 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\">\n\x0eLoraAttachment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x02\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"\xdb\x05\n\x0e\x44\x65noiseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12.\n\rprompt_embeds\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x16negative_prompt_embeds\x18\x04 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12\x1b\n\x13num_inference_steps\x18\x07 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x08 \x01(\x02\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x10\n\x08strength\x18\n \x01(\x01\x12.\n\rimage_moments\x18\x0b \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12%\n\x04mask\x18\x0c \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x35\n\x14masked_image_moments\x18\r \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x0b\x63ontrolnets\x18\x0e \x03(\x0b\x32\".diffusion.v1.ControlNetAttachment\x12+\n\x05loras\x18\x0f \x03(\x0b\x32\x1c.diffusion.v1.LoraAttachment\x12$\n\x04peer\x18\x10 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\x12\x15\n\rpreview_every\x18\x11 \x01(\r\x12\x18\n\x10lora_async_steps\x18\x12 \x01(\x05\x12\x18\n\x10stale_controlnet\x18\x13 \x01(\x08\x12-\n\x0b\x63\x66g_partner\x18\x14 \x01(\x0b\x32\x18.diffusion.v1.CfgPartner\x12\x35\n\rtemplate_edit\x18\x1e \x01(\x0b\x32\x1e.diffusion.v1.TemplateEditSpec\"\xea\x01\n\x10TemplateEditSpec\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\x12\x18\n\x10\x61\x63tivation_cache\x18\x02 \x01(\x08\x12\x0e\n\x06record\x18\x03 \x01(\x08\x12.\n\rprompt_embeds\x18\x04 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x16negative_prompt_embeds\x18\x05 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12.\n\rimage_moments\x18\x06 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\"C\n\nCfgPartner\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12$\n\x04peer\x18\x02 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\"f\n\x0f\x44\x65noiseProgress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12\x30\n\x0fpreview_latents\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\"\xdc\x01\n\rDenoiseResult\x12(\n\x07latents\x18\x01 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x0e\n\x06run_ms\x18\x04 \x01(\x01\x12\x12\n\nbatch_peak\x18\x05 \x01(\r\x12\x18\n\x10lora_joined_step\x18\x06 \x01(\r\x12\x1a\n\x12\x63ontrolnet_wait_ms\x18\x07 \x01(\x01\x12\x13\n\x0b\x63\x61\x63he_bytes\x18\x1e \x01(\x04\x12\x11\n\tedit_mode\x18\x1f \x01(\t\"y\n\x0c\x44\x65noiseEvent\x12\x31\n\x08progress\x18\x01 \x01(\x0b\x32\x1d.diffusion.v1.DenoiseProgressH\x00\x12-\n\x06result\x18\x02 \x01(\x0b\x32\x1b.diffusion.v1.DenoiseResultH\x00\x42\x07\n\x05\x65vent\"*\n\x14\x44\x65noiseCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"*\n\x15\x44\x65noiseCancelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\x87\x02\n\x0b\x43\x66gPassOpen\x12\r\n\x05model\x18\x01 \x01(\t\x12.\n\rprompt_embeds\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x0b\x63ontrolnets\x18\x03 \x03(\x0b\x32\".diffusion.v1.ControlNetAttachment\x12+\n\x05loras\x18\x04 \x03(\x0b\x32\x1c.diffusion.v1.LoraAttachment\x12$\n\x04peer\x18\x05 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\x12\x18\n\x10stale_controlnet\x18\x06 \x01(\x08\x12\x13\n\x0btotal_steps\x18\x07 \x01(\r\"\xa0\x01\n\x0b\x43\x66gPassStep\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\'\n\x06sample\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x10\n\x08timestep\x18\x03 \x01(\x01\x12\x19\n\x11\x63ontrolnet_scales\x18\x04 \x03(\x02\x12\x12\n\nwith_loras\x18\x05 \x01(\x08\x12\x19\n\x11release_lease_ids\x18\x06 \x03(\t\"\x85\x01\n\x0e\x43\x66gPassRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x04open\x18\x02 \x01(\x0b\x32\x19.diffusion.v1.CfgPassOpenH\x00\x12)\n\x04step\x18\x03 \x01(\x0b\x32\x19.diffusion.v1.CfgPassStepH\x00\x42\t\n\x07message\"g\n\x0f\x43\x66gPassResponse\x12\x0c\n\x04step\x18\x01 \x01(\r\x12+\n\nnoise_pred\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x19\n\x11release_lease_ids\x18\x03 \x03(\t2\xf0\x01\n\x08\x44\x65noiser\x12\x45\n\x07\x44\x65noise\x12\x1c.diffusion.v1.DenoiseRequest\x1a\x1a.diffusion.v1.DenoiseEvent0\x01\x12Q\n\x06\x43\x61ncel\x12\".diffusion.v1.DenoiseCancelRequest\x1a#.diffusion.v1.DenoiseCancelResponse\x12J\n\x07\x43\x66gPass\x12\x1c.diffusion.v1.CfgPassRequest\x1a\x1d.diffusion.v1.CfgPassResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64iffusion/v1/denoiser.proto\x12\x0c\x64iffusion.v1\x1a\x19\x64iffusion/v1/tensor.proto\"\xc5\x01\n\x14\x43ontrolNetAttachment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\ncond_image\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05scale\x18\x04 \x01(\x02\x12\x16\n\x0eguidance_start\x18\x05 \x01(\x02\x12\x14\n\x0cguidance_end\x18\x06 \x01(\x02\x12$\n\x04peer\x18\x07 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\">\n\x0eLoraAttachment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x02\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"\x9e\x05\n\x0e\x44\x65noiseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12.\n\rprompt_embeds\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x16negative_prompt_embeds\x18\x04 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12\x1b\n\x13num_inference_steps\x18\x07 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x08 \x01(\x02\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x10\n\x08strength\x18\n \x01(\x01\x12.\n\rimage_moments\x18\x0b \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12%\n\x04mask\x18\x0c \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x35\n\x14masked_image_moments\x18\r \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12$\n\x04peer\x18\x10 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\x12\x11\n\tscheduler\x18\x15 \x01(\t\x12\x12\n\nnum_images\x18\x16 \x01(\r\x12$\n\x06\x61\x64\x64ons\x18( \x01(\x0b\x32\x14.diffusion.v1.AddonsJ\x04\x08\x0e\x10\x0fJ\x04\x08\x0f\x10\x10J\x04\x08\x11\x10\x12J\x04\x08\x12\x10\x13J\x04\x08\x13\x10\x14J\x04\x08\x14\x10\x15J\x04\x08\x1e\x10\x1fR\x0b\x63ontrolnetsR\x05lorasR\rpreview_everyR\x10lora_async_stepsR\x10stale_controlnetR\x0b\x63\x66g_partnerR\rtemplate_edit\"\xec\x01\n\x06\x41\x64\x64ons\x12%\n\x04lora\x18\x01 \x01(\x0b\x32\x17.diffusion.v1.LoraPatch\x12-\n\ncontrolnet\x18\x02 \x01(\x0b\x32\x19.diffusion.v1.ControlNets\x12-\n\x0b\x63\x66g_partner\x18\x03 \x01(\x0b\x32\x18.diffusion.v1.CfgPartner\x12\x35\n\rtemplate_edit\x18\x04 \x01(\x0b\x32\x1e.diffusion.v1.TemplateEditSpec\x12&\n\x07preview\x18\x06 \x01(\x0b\x32\x15.diffusion.v1.Preview\"M\n\tLoraPatch\x12+\n\x05loras\x18\x01 \x03(\x0b\x32\x1c.diffusion.v1.LoraAttachment\x12\x13\n\x0b\x61sync_steps\x18\x02 \x01(\x05\"U\n\x0b\x43ontrolNets\x12\x37\n\x0b\x63ontrolnets\x18\x01 \x03(\x0b\x32\".diffusion.v1.ControlNetAttachment\x12\r\n\x05stale\x18\x02 \x01(\x08\"\x18\n\x07Preview\x12\r\n\x05\x65very\x18\x01 \x01(\r\"\xea\x01\n\x10TemplateEditSpec\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\x12\x18\n\x10\x61\x63tivation_cache\x18\x02 \x01(\x08\x12\x0e\n\x06record\x18\x03 \x01(\x08\x12.\n\rprompt_embeds\x18\x04 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x16negative_prompt_embeds\x18\x05 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12.\n\rimage_moments\x18\x06 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\"C\n\nCfgPartner\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12$\n\x04peer\x18\x02 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\"f\n\x0f\x44\x65noiseProgress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12\x30\n\x0fpreview_latents\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\"\xc2\x02\n\rDenoiseResult\x12(\n\x07latents\x18\x01 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x0e\n\x06run_ms\x18\x04 \x01(\x01\x12\x12\n\nbatch_peak\x18\x05 \x01(\r\x12;\n\x08metadata\x18\x08 \x03(\x0b\x32).diffusion.v1.DenoiseResult.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08J\x04\x08\x1e\x10\x1fJ\x04\x08\x1f\x10 R\x10lora_joined_stepR\x12\x63ontrolnet_wait_msR\x0b\x63\x61\x63he_bytesR\tedit_mode\"y\n\x0c\x44\x65noiseEvent\x12\x31\n\x08progress\x18\x01 \x01(\x0b\x32\x1d.diffusion.v1.DenoiseProgressH\x00\x12-\n\x06result\x18\x02 \x01(\x0b\x32\x1b.diffusion.v1.DenoiseResultH\x00\x42\x07\n\x05\x65vent\"*\n\x14\x44\x65noiseCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"*\n\x15\x44\x65noiseCancelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\x82\x03\n\x0b\x43\x66gPassOpen\x12\r\n\x05model\x18\x01 \x01(\t\x12.\n\rprompt_embeds\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12$\n\x04peer\x18\x05 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\x12\x13\n\x0btotal_steps\x18\x07 \x01(\r\x12$\n\x06\x61\x64\x64ons\x18\x08 \x01(\x0b\x32\x14.diffusion.v1.Addons\x12\x12\n\nnum_images\x18\t \x01(\r\x12<\n\nadded_cond\x18\n \x03(\x0b\x32(.diffusion.v1.CfgPassOpen.AddedCondEntry\x1aI\n\x0e\x41\x64\x64\x65\x64\x43ondEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef:\x02\x38\x01J\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05J\x04\x08\x06\x10\x07R\x0b\x63ontrolnetsR\x05lorasR\x10stale_controlnet\"\x9e\x01\n\x0b\x43\x66gPassStep\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\'\n\x06sample\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x10\n\x08timestep\x18\x03 \x01(\x01\x12\x12\n\nwith_loras\x18\x05 \x01(\x08\x12\x19\n\x11release_lease_ids\x18\x06 \x03(\tJ\x04\x08\x04\x10\x05R\x11\x63ontrolnet_scales\"\x85\x01\n\x0e\x43\x66gPassRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x04open\x18\x02 \x01(\x0b\x32\x19.diffusion.v1.CfgPassOpenH\x00\x12)\n\x04step\x18\x03 \x01(\x0b\x32\x19.diffusion.v1.CfgPassStepH\x00\x42\t\n\x07message\"g\n\x0f\x43\x66gPassResponse\x12\x0c\n\x04step\x18\x01 \x01(\r\x12+\n\nnoise_pred\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x19\n\x11release_lease_ids\x18\x03 \x03(\t2\xf0\x01\n\x08\x44\x65noiser\x12\x45\n\x07\x44\x65noise\x12\x1c.diffusion.v1.DenoiseRequest\x1a\x1a.diffusion.v1.DenoiseEvent0\x01\x12Q\n\x06\x43\x61ncel\x12\".diffusion.v1.DenoiseCancelRequest\x1a#.diffusion.v1.DenoiseCancelResponse\x12J\n\x07\x43\x66gPass\x12\x1c.diffusion.v1.CfgPassRequest\x1a\x1d.diffusion.v1.CfgPassResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'diffusion.v1.denoiser_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DENOISERESULT_METADATAENTRY']._loaded_options = None
+  _globals['_DENOISERESULT_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_CFGPASSOPEN_ADDEDCONDENTRY']._loaded_options = None
+  _globals['_CFGPASSOPEN_ADDEDCONDENTRY']._serialized_options = b'8\001'
   _globals['_CONTROLNETATTACHMENT']._serialized_start=73
   _globals['_CONTROLNETATTACHMENT']._serialized_end=270
   _globals['_LORAATTACHMENT']._serialized_start=272
   _globals['_LORAATTACHMENT']._serialized_end=334
   _globals['_DENOISEREQUEST']._serialized_start=337
-  _globals['_DENOISEREQUEST']._serialized_end=1068
-  _globals['_TEMPLATEEDITSPEC']._serialized_start=1071
-  _globals['_TEMPLATEEDITSPEC']._serialized_end=1305
-  _globals['_CFGPARTNER']._serialized_start=1307
-  _globals['_CFGPARTNER']._serialized_end=1374
-  _globals['_DENOISEPROGRESS']._serialized_start=1376
-  _globals['_DENOISEPROGRESS']._serialized_end=1478
-  _globals['_DENOISERESULT']._serialized_start=1481
-  _globals['_DENOISERESULT']._serialized_end=1701
-  _globals['_DENOISEEVENT']._serialized_start=1703
-  _globals['_DENOISEEVENT']._serialized_end=1824
-  _globals['_DENOISECANCELREQUEST']._serialized_start=1826
-  _globals['_DENOISECANCELREQUEST']._serialized_end=1868
-  _globals['_DENOISECANCELRESPONSE']._serialized_start=1870
-  _globals['_DENOISECANCELRESPONSE']._serialized_end=1912
-  _globals['_CFGPASSOPEN']._serialized_start=1915
-  _globals['_CFGPASSOPEN']._serialized_end=2178
-  _globals['_CFGPASSSTEP']._serialized_start=2181
-  _globals['_CFGPASSSTEP']._serialized_end=2341
-  _globals['_CFGPASSREQUEST']._serialized_start=2344
-  _globals['_CFGPASSREQUEST']._serialized_end=2477
-  _globals['_CFGPASSRESPONSE']._serialized_start=2479
-  _globals['_CFGPASSRESPONSE']._serialized_end=2582
-  _globals['_DENOISER']._serialized_start=2585
-  _globals['_DENOISER']._serialized_end=2825
+  _globals['_DENOISEREQUEST']._serialized_end=1007
+  _globals['_ADDONS']._serialized_start=1010
+  _globals['_ADDONS']._serialized_end=1246
+  _globals['_LORAPATCH']._serialized_start=1248
+  _globals['_LORAPATCH']._serialized_end=1325
+  _globals['_CONTROLNETS']._serialized_start=1327
+  _globals['_CONTROLNETS']._serialized_end=1412
+  _globals['_PREVIEW']._serialized_start=1414
+  _globals['_PREVIEW']._serialized_end=1438
+  _globals['_TEMPLATEEDITSPEC']._serialized_start=1441
+  _globals['_TEMPLATEEDITSPEC']._serialized_end=1675
+  _globals['_CFGPARTNER']._serialized_start=1677
+  _globals['_CFGPARTNER']._serialized_end=1744
+  _globals['_DENOISEPROGRESS']._serialized_start=1746
+  _globals['_DENOISEPROGRESS']._serialized_end=1848
+  _globals['_DENOISERESULT']._serialized_start=1851
+  _globals['_DENOISERESULT']._serialized_end=2173
+  _globals['_DENOISERESULT_METADATAENTRY']._serialized_start=2040
+  _globals['_DENOISERESULT_METADATAENTRY']._serialized_end=2087
+  _globals['_DENOISEEVENT']._serialized_start=2175
+  _globals['_DENOISEEVENT']._serialized_end=2296
+  _globals['_DENOISECANCELREQUEST']._serialized_start=2298
+  _globals['_DENOISECANCELREQUEST']._serialized_end=2340
+  _globals['_DENOISECANCELRESPONSE']._serialized_start=2342
+  _globals['_DENOISECANCELRESPONSE']._serialized_end=2384
+  _globals['_CFGPASSOPEN']._serialized_start=2387
+  _globals['_CFGPASSOPEN']._serialized_end=2773
+  _globals['_CFGPASSOPEN_ADDEDCONDENTRY']._serialized_start=2644
+  _globals['_CFGPASSOPEN_ADDEDCONDENTRY']._serialized_end=2717
+  _globals['_CFGPASSSTEP']._serialized_start=2776
+  _globals['_CFGPASSSTEP']._serialized_end=2934
+  _globals['_CFGPASSREQUEST']._serialized_start=2937
+  _globals['_CFGPASSREQUEST']._serialized_end=3070
+  _globals['_CFGPASSRESPONSE']._serialized_start=3072
+  _globals['_CFGPASSRESPONSE']._serialized_end=3175
+  _globals['_DENOISER']._serialized_start=3178
+  _globals['_DENOISER']._serialized_end=3418
 # @@protoc_insertion_point(module_scope)

@@ -36,7 +36,7 @@ class LoraAttachment(_message.Message):
     def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ..., address: _Optional[str] = ...) -> None: ...
 
 class DenoiseRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt_embeds", "negative_prompt_embeds", "width", "height", "num_inference_steps", "guidance_scale", "seed", "strength", "image_moments", "mask", "masked_image_moments", "controlnets", "loras", "peer", "preview_every", "lora_async_steps", "stale_controlnet", "cfg_partner", "template_edit")
+    __slots__ = ("request_id", "model", "prompt_embeds", "negative_prompt_embeds", "width", "height", "num_inference_steps", "guidance_scale", "seed", "strength", "image_moments", "mask", "masked_image_moments", "peer", "scheduler", "num_images", "addons")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_EMBEDS_FIELD_NUMBER: _ClassVar[int]
@@ -50,14 +50,10 @@ class DenoiseRequest(_message.Message):
     IMAGE_MOMENTS_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     MASKED_IMAGE_MOMENTS_FIELD_NUMBER: _ClassVar[int]
-    CONTROLNETS_FIELD_NUMBER: _ClassVar[int]
-    LORAS_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
-    PREVIEW_EVERY_FIELD_NUMBER: _ClassVar[int]
-    LORA_ASYNC_STEPS_FIELD_NUMBER: _ClassVar[int]
-    STALE_CONTROLNET_FIELD_NUMBER: _ClassVar[int]
-    CFG_PARTNER_FIELD_NUMBER: _ClassVar[int]
-    TEMPLATE_EDIT_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    ADDONS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt_embeds: _tensor_pb2.TensorRef
@@ -71,15 +67,47 @@ class DenoiseRequest(_message.Message):
     image_moments: _tensor_pb2.TensorRef
     mask: _tensor_pb2.TensorRef
     masked_image_moments: _tensor_pb2.TensorRef
-    controlnets: _containers.RepeatedCompositeFieldContainer[ControlNetAttachment]
-    loras: _containers.RepeatedCompositeFieldContainer[LoraAttachment]
     peer: _tensor_pb2.PeerInfo
-    preview_every: int
-    lora_async_steps: int
-    stale_controlnet: bool
+    scheduler: str
+    num_images: int
+    addons: Addons
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., negative_prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., mask: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., masked_image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., scheduler: _Optional[str] = ..., num_images: _Optional[int] = ..., addons: _Optional[_Union[Addons, _Mapping]] = ...) -> None: ...
+
+class Addons(_message.Message):
+    __slots__ = ("lora", "controlnet", "cfg_partner", "template_edit", "preview")
+    LORA_FIELD_NUMBER: _ClassVar[int]
+    CONTROLNET_FIELD_NUMBER: _ClassVar[int]
+    CFG_PARTNER_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_EDIT_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
+    lora: LoraPatch
+    controlnet: ControlNets
     cfg_partner: CfgPartner
     template_edit: TemplateEditSpec
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., negative_prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., mask: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., masked_image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetAttachment, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[LoraAttachment, _Mapping]]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., preview_every: _Optional[int] = ..., lora_async_steps: _Optional[int] = ..., stale_controlnet: _Optional[bool] = ..., cfg_partner: _Optional[_Union[CfgPartner, _Mapping]] = ..., template_edit: _Optional[_Union[TemplateEditSpec, _Mapping]] = ...) -> None: ...
+    preview: Preview
+    def __init__(self, lora: _Optional[_Union[LoraPatch, _Mapping]] = ..., controlnet: _Optional[_Union[ControlNets, _Mapping]] = ..., cfg_partner: _Optional[_Union[CfgPartner, _Mapping]] = ..., template_edit: _Optional[_Union[TemplateEditSpec, _Mapping]] = ..., preview: _Optional[_Union[Preview, _Mapping]] = ...) -> None: ...
+
+class LoraPatch(_message.Message):
+    __slots__ = ("loras", "async_steps")
+    LORAS_FIELD_NUMBER: _ClassVar[int]
+    ASYNC_STEPS_FIELD_NUMBER: _ClassVar[int]
+    loras: _containers.RepeatedCompositeFieldContainer[LoraAttachment]
+    async_steps: int
+    def __init__(self, loras: _Optional[_Iterable[_Union[LoraAttachment, _Mapping]]] = ..., async_steps: _Optional[int] = ...) -> None: ...
+
+class ControlNets(_message.Message):
+    __slots__ = ("controlnets", "stale")
+    CONTROLNETS_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    controlnets: _containers.RepeatedCompositeFieldContainer[ControlNetAttachment]
+    stale: bool
+    def __init__(self, controlnets: _Optional[_Iterable[_Union[ControlNetAttachment, _Mapping]]] = ..., stale: _Optional[bool] = ...) -> None: ...
+
+class Preview(_message.Message):
+    __slots__ = ("every",)
+    EVERY_FIELD_NUMBER: _ClassVar[int]
+    every: int
+    def __init__(self, every: _Optional[int] = ...) -> None: ...
 
 class TemplateEditSpec(_message.Message):
     __slots__ = ("template_id", "activation_cache", "record", "prompt_embeds", "negative_prompt_embeds", "image_moments")
@@ -116,26 +144,27 @@ class DenoiseProgress(_message.Message):
     def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., preview_latents: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ...) -> None: ...
 
 class DenoiseResult(_message.Message):
-    __slots__ = ("latents", "steps", "queue_ms", "run_ms", "batch_peak", "lora_joined_step", "controlnet_wait_ms", "cache_bytes", "edit_mode")
+    __slots__ = ("latents", "steps", "queue_ms", "run_ms", "batch_peak", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     LATENTS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     RUN_MS_FIELD_NUMBER: _ClassVar[int]
     BATCH_PEAK_FIELD_NUMBER: _ClassVar[int]
-    LORA_JOINED_STEP_FIELD_NUMBER: _ClassVar[int]
-    CONTROLNET_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
-    CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
-    EDIT_MODE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     latents: _tensor_pb2.TensorRef
     steps: int
     queue_ms: float
     run_ms: float
     batch_peak: int
-    lora_joined_step: int
-    controlnet_wait_ms: float
-    cache_bytes: int
-    edit_mode: str
-    def __init__(self, latents: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., steps: _Optional[int] = ..., queue_ms: _Optional[float] = ..., run_ms: _Optional[float] = ..., batch_peak: _Optional[int] = ..., lora_joined_step: _Optional[int] = ..., controlnet_wait_ms: _Optional[float] = ..., cache_bytes: _Optional[int] = ..., edit_mode: _Optional[str] = ...) -> None: ...
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, latents: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., steps: _Optional[int] = ..., queue_ms: _Optional[float] = ..., run_ms: _Optional[float] = ..., batch_peak: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DenoiseEvent(_message.Message):
     __slots__ = ("progress", "result")
@@ -158,38 +187,43 @@ class DenoiseCancelResponse(_message.Message):
     def __init__(self, cancelled: _Optional[bool] = ...) -> None: ...
 
 class CfgPassOpen(_message.Message):
-    __slots__ = ("model", "prompt_embeds", "controlnets", "loras", "peer", "stale_controlnet", "total_steps")
+    __slots__ = ("model", "prompt_embeds", "peer", "total_steps", "addons", "num_images", "added_cond")
+    class AddedCondEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.TensorRef
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_EMBEDS_FIELD_NUMBER: _ClassVar[int]
-    CONTROLNETS_FIELD_NUMBER: _ClassVar[int]
-    LORAS_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
-    STALE_CONTROLNET_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    ADDONS_FIELD_NUMBER: _ClassVar[int]
+    NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    ADDED_COND_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt_embeds: _tensor_pb2.TensorRef
-    controlnets: _containers.RepeatedCompositeFieldContainer[ControlNetAttachment]
-    loras: _containers.RepeatedCompositeFieldContainer[LoraAttachment]
     peer: _tensor_pb2.PeerInfo
-    stale_controlnet: bool
     total_steps: int
-    def __init__(self, model: _Optional[str] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetAttachment, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[LoraAttachment, _Mapping]]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., stale_controlnet: _Optional[bool] = ..., total_steps: _Optional[int] = ...) -> None: ...
+    addons: Addons
+    num_images: int
+    added_cond: _containers.MessageMap[str, _tensor_pb2.TensorRef]
+    def __init__(self, model: _Optional[str] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., total_steps: _Optional[int] = ..., addons: _Optional[_Union[Addons, _Mapping]] = ..., num_images: _Optional[int] = ..., added_cond: _Optional[_Mapping[str, _tensor_pb2.TensorRef]] = ...) -> None: ...
 
 class CfgPassStep(_message.Message):
-    __slots__ = ("step", "sample", "timestep", "controlnet_scales", "with_loras", "release_lease_ids")
+    __slots__ = ("step", "sample", "timestep", "with_loras", "release_lease_ids")
     STEP_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     TIMESTEP_FIELD_NUMBER: _ClassVar[int]
-    CONTROLNET_SCALES_FIELD_NUMBER: _ClassVar[int]
     WITH_LORAS_FIELD_NUMBER: _ClassVar[int]
     RELEASE_LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     step: int
     sample: _tensor_pb2.TensorRef
     timestep: float
-    controlnet_scales: _containers.RepeatedScalarFieldContainer[float]
     with_loras: bool
     release_lease_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, step: _Optional[int] = ..., sample: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., timestep: _Optional[float] = ..., controlnet_scales: _Optional[_Iterable[float]] = ..., with_loras: _Optional[bool] = ..., release_lease_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, step: _Optional[int] = ..., sample: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., timestep: _Optional[float] = ..., with_loras: _Optional[bool] = ..., release_lease_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CfgPassRequest(_message.Message):
     __slots__ = ("request_id", "open", "step")

@@ -64,7 +64,7 @@ class Approximations(_message.Message):
     def __init__(self, lora_async_steps: _Optional[int] = ..., stale_controlnet: _Optional[bool] = ..., activation_cache: _Optional[bool] = ..., cfg_parallel: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "has_guidance_scale", "seed", "controlnets", "loras", "image", "mask", "strength", "preview", "approximations", "template_id", "return_pixels")
+    __slots__ = ("request_id", "model", "prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "has_guidance_scale", "seed", "controlnets", "loras", "image", "mask", "strength", "preview", "approximations", "template_id", "return_pixels", "scheduler", "num_images")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,8 @@ class GenerateRequest(_message.Message):
     APPROXIMATIONS_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     RETURN_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt: str
@@ -103,7 +105,9 @@ class GenerateRequest(_message.Message):
     approximations: Approximations
     template_id: str
     return_pixels: bool
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., has_guidance_scale: _Optional[bool] = ..., seed: _Optional[int] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetInput, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[LoraInput, _Mapping]]] = ..., image: _Optional[_Union[ImageInput, _Mapping]] = ..., mask: _Optional[_Union[ImageInput, _Mapping]] = ..., strength: _Optional[float] = ..., preview: _Optional[bool] = ..., approximations: _Optional[_Union[Approximations, _Mapping]] = ..., template_id: _Optional[str] = ..., return_pixels: _Optional[bool] = ...) -> None: ...
+    scheduler: str
+    num_images: int
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., has_guidance_scale: _Optional[bool] = ..., seed: _Optional[int] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetInput, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[LoraInput, _Mapping]]] = ..., image: _Optional[_Union[ImageInput, _Mapping]] = ..., mask: _Optional[_Union[ImageInput, _Mapping]] = ..., strength: _Optional[float] = ..., preview: _Optional[bool] = ..., approximations: _Optional[_Union[Approximations, _Mapping]] = ..., template_id: _Optional[str] = ..., return_pixels: _Optional[bool] = ..., scheduler: _Optional[str] = ..., num_images: _Optional[int] = ...) -> None: ...
 
 class Queued(_message.Message):
     __slots__ = ("position",)
@@ -121,8 +125,18 @@ class Progress(_message.Message):
     preview: ImageInput
     def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., preview: _Optional[_Union[ImageInput, _Mapping]] = ...) -> None: ...
 
+class GeneratedImage(_message.Message):
+    __slots__ = ("image", "pixels", "seed")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PIXELS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    image: ImageInput
+    pixels: _tensor_pb2.TensorRef
+    seed: int
+    def __init__(self, image: _Optional[_Union[ImageInput, _Mapping]] = ..., pixels: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
+
 class GenerateResult(_message.Message):
-    __slots__ = ("image", "pixels", "metadata", "latency_ms")
+    __slots__ = ("image", "pixels", "metadata", "latency_ms", "images")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,11 +148,13 @@ class GenerateResult(_message.Message):
     PIXELS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     image: ImageInput
     pixels: _tensor_pb2.TensorRef
     metadata: _containers.ScalarMap[str, str]
     latency_ms: float
-    def __init__(self, image: _Optional[_Union[ImageInput, _Mapping]] = ..., pixels: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+    images: _containers.RepeatedCompositeFieldContainer[GeneratedImage]
+    def __init__(self, image: _Optional[_Union[ImageInput, _Mapping]] = ..., pixels: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., latency_ms: _Optional[float] = ..., images: _Optional[_Iterable[_Union[GeneratedImage, _Mapping]]] = ...) -> None: ...
 
 class ErrorInfo(_message.Message):
     __slots__ = ("code", "message", "field")
@@ -205,16 +221,20 @@ class ListModelsRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "default_width", "default_height")
+    __slots__ = ("name", "kind", "default_width", "default_height", "schedulers", "default_scheduler")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_WIDTH_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULERS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     default_width: int
     default_height: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ...) -> None: ...
+    schedulers: _containers.RepeatedScalarFieldContainer[str]
+    default_scheduler: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., schedulers: _Optional[_Iterable[str]] = ..., default_scheduler: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

@@ -11,8 +11,13 @@ from diffusion.v1 import denoiser_pb2_grpc
 from services.common.model_store import ModelStore
 from services.common.server import Heartbeat, ServiceRuntime, init_process, serve
 from services.common.settings import parse_settings
+from services.denoiser.addons import AddonRegistry
+from services.denoiser.addons.cfg_partner import CfgPartnerKind
+from services.denoiser.addons.controlnet import ControlNetKind
+from services.denoiser.addons.lora import LoraKind
+from services.denoiser.addons.preview import PreviewKind
+from services.denoiser.addons.template_edit import TemplateEditKind
 from services.denoiser.bal import BalProfiles
-from services.denoiser.edit_work import EditBatchRunner
 from services.denoiser.engine import DenoiserEngine
 from services.denoiser.lora_loader import LoraDeviceCache, LoraLoader, service_fetch
 from services.denoiser.servicer import DenoiserServicer
@@ -46,8 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         return unets.get(name)
 
     editor = TemplateEditor(settings.edit_settings())
-    engine = DenoiserEngine(load, settings.max_batch_requests, settings.parallel_controlnet,
-                            EditBatchRunner(editor), settings.max_active_requests)
+    engine = DenoiserEngine(load, settings.max_batch_requests,
+                            max_active_requests=settings.max_active_requests)
     for name in preload_names(store, settings.preload):
         log.info("preloading %s", name, extra={"role": ROLE})
         engine.load_unet(name)
@@ -58,8 +63,18 @@ def main(argv: list[str] | None = None) -> None:
         loader = LoraLoader(service_fetch(runtime.channels, runtime.importer), cache,
                             settings.device, settings.lora_load_threads)
         denoiser_pb2_grpc.add_DenoiserServicer_to_server(
-            DenoiserServicer(engine, runtime, loader, profiles, editor), server)
+            DenoiserServicer(engine, runtime, addon_registry(runtime, loader)), server)
         return ["diffusion.v1.Denoiser"]
+
+    def addon_registry(runtime: ServiceRuntime, loader: LoraLoader) -> AddonRegistry:
+        """The add-on kinds in the order their hooks run: the CFG partner first (it takes
+        the unconditional rows before the others see them)."""
+        registry = AddonRegistry([])
+        registry.kinds = [CfgPartnerKind(runtime, registry), TemplateEditKind(editor),
+                          LoraKind(loader, profiles),
+                          ControlNetKind(runtime, settings.parallel_controlnet),
+                          PreviewKind()]
+        return registry
 
     def figures() -> dict[str, str]:
         return {"step_ms": f"{engine.step_ms():.2f}",

@@ -19,11 +19,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.denoiser.lora_patch import NO_PATCH, LoraLayer, Patch
+from services.denoiser.addons.base import LoraLayers
+from services.denoiser.lora_patch import NO_PATCH, Patch
 
 log = logging.getLogger("dfleet.denoiser")
 
-LoraLayers = dict[str, dict[str, LoraLayer]]   # LoRA name -> module path -> layer
+__all__ = ["BalProfile", "BalProfiles", "LoraGate", "LoraLayers"]
 USE_PROFILE = -1
 SIMILARITY_THRESHOLD = 0.99
 
@@ -50,6 +51,16 @@ class LoraGate:
     def full_patch(self) -> Patch:
         return self._patch
 
+    def loaded(self) -> bool:
+        """Whether the layers are here (kept in ``layers``); raises what loading raised."""
+        if self.layers or not self._patch:
+            return True
+        assert self._loaded is not None
+        if not self._loaded.done():
+            return False
+        self.layers = self._loaded.result()
+        return True
+
     def ready_for(self, step: int) -> bool:
         """Whether step ``step`` may run now; merges the LoRAs in once they are loaded.
 
@@ -57,9 +68,7 @@ class LoraGate:
         """
         if self.patched:
             return True
-        assert self._loaded is not None
-        if self._loaded.done():
-            self.layers = self._loaded.result()
+        if self.loaded():
             self.patched = True
             self.patched_at = step
             return True

@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 
 from services.common.model_store import ModelStore
+from services.denoiser.addons.lora import LoraRequest, LoraSpec
+from services.denoiser.addons.preview import PreviewSpec
 from services.denoiser.bal import SIMILARITY_THRESHOLD, BalProfile, BalProfiles, LoraLayers
 from services.denoiser.engine import DenoiserEngine
-from services.denoiser.job import DenoiseJob, LoraSpec, StepEvent
+from services.denoiser.job import DenoiseJob, StepEvent
 from services.denoiser.offline import encode_prompts, read_lora_layers, ready, run
 from services.denoiser.unet_models import unet_loader
 
@@ -51,8 +53,10 @@ def measure(store: ModelStore, engine: DenoiserEngine, model: str, lora: str, st
         jobs = [DenoiseJob(request_id=f"profile-{i}-{with_lora}", model=model,
                            prompt_embeds=positive, negative_prompt_embeds=negative,
                            width=side, height=side, num_inference_steps=steps,
-                           guidance_scale=guidance_scale, seed=1000 + i, preview_every=1,
-                           loras=[LoraSpec(lora, 1.0, "")] if with_lora else [])
+                           guidance_scale=guidance_scale, seed=1000 + i,
+                           addons={"preview": PreviewSpec(1),
+                                   **({"lora": LoraRequest((LoraSpec(lora, 1.0, ""),))}
+                                      if with_lora else {})})
                 for with_lora in (False, True)]
         plain = trajectory(engine, jobs[0], None)
         merged = trajectory(engine, jobs[1], layers)

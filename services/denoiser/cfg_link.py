@@ -50,12 +50,11 @@ class CfgPartnerLink:
         self._reader.start()
 
     def send(self, step: int, sample: torch.Tensor, timestep: torch.Tensor,
-             scales: list[float], with_loras: bool) -> None:
+             with_loras: bool) -> None:
         self._outbox.put(denoiser_pb2.CfgPassRequest(
             request_id=self.request_id,
             step=denoiser_pb2.CfgPassStep(
-                step=step, timestep=float(timestep), controlnet_scales=scales,
-                with_loras=with_loras,
+                step=step, timestep=float(timestep), with_loras=with_loras,
                 sample=self.exporter.export(sample, self.peer, request_id=self.request_id))))
 
     def poll(self) -> torch.Tensor | None:

@@ -1,9 +1,11 @@
 """The partner's side of CFG parallelism: another replica's unconditional rows, step by step.
 
-The requesting replica sends each step's UNet input rows; this replica runs
-them in its own step loop, batched with its other work of the same (model,
-patch, shape), with the request's ControlNets and (when the step says so) its
-LoRAs, and answers with the rows' noise prediction.
+The requesting replica sends each step's model input rows; this replica runs them in its own
+step loop, batched with its other work of the same group key, with the request's add-ons built
+for these rows from the same registry as the requester's (its ControlNets, its LoRAs when the
+step says the requester merged them), and answers with the rows' noise prediction.
+:class:`PassSampler` is the step loop's sampler for such rows
+(:class:`~services.denoiser.work.Sampler`).
 """
 
 from __future__ import annotations
@@ -11,17 +13,14 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from services.common.errors import Cancelled
-from services.denoiser.bal import LoraLayers
-from services.denoiser.controlnet_set import ControlNetSet
-from services.denoiser.lora_patch import NO_PATCH, Patch
-from services.denoiser.work import StepInput, StepWork
+from services.denoiser.addons.base import StepRows
+from services.denoiser.guiders import UNCOND
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,6 @@ class PassStep:
     step: int
     sample: torch.Tensor
     timestep: torch.Tensor
-    controlnet_scales: list[float]
     with_loras: bool
     lease_ids: list[str]
 
@@ -41,20 +39,20 @@ class PassAnswer:
     lease_ids: list[str]    # of the step's sample, now done with
 
 
-class PassWork(StepWork):
-    """Thread-safe inbox of steps, outbox of answers; the step loop runs it."""
+class PassSampler:
+    """Thread-safe inbox of steps, outbox of answers (``None`` after the last one)."""
 
     def __init__(self, request_id: str, model: str, embeds: torch.Tensor,
-                 controls: ControlNetSet, patch: Patch,
-                 loras: Future[LoraLayers] | None, total_steps: int) -> None:
+                 added_cond: dict[str, torch.Tensor] | None, total_steps: int,
+                 latent_channels: int) -> None:
         self.request_id = request_id
-        self.total_steps = total_steps
-        self._answered = 0
         self.model = model
         self.embeds = embeds
-        self.controls = controls
-        self._patch = patch
-        self._loras = loras
+        self.added_cond = added_cond or None
+        self.total_steps = total_steps
+        self.latent_channels = latent_channels
+        self.answered = 0
+        self.latents = None   # the requester keeps the latents
         self._inbox: deque[PassStep] = deque()
         self._lock = threading.Lock()
         self.answers: queue.Queue[PassAnswer | Exception | None] = queue.Queue()
@@ -68,52 +66,50 @@ class PassWork(StepWork):
         with self._lock:
             return self._inbox[0] if self._inbox else None
 
-    @property
-    def patch(self) -> Patch:
+    def with_loras(self) -> bool:
+        """Whether the requester merged its LoRAs for the next step."""
         head = self._head()
-        return self._patch if head is not None and head.with_loras else NO_PATCH
+        return head is not None and head.with_loras
 
     @property
-    def layers(self) -> LoraLayers:
-        return self._loras.result() if self._loras is not None and self._loras.done() else {}
+    def step(self) -> int:
+        head = self._head()
+        return head.step if head is not None else self.answered
+
+    @property
+    def done(self) -> bool:
+        return self.answered >= self.total_steps
 
     def group_key(self) -> tuple[Any, ...]:
         head = self._head()
-        shape = tuple(head.sample.shape) if head is not None else ()
-        return (self.model, self.patch, shape, True)
+        return (self.model, tuple(head.sample.shape[1:]) if head is not None else ())
 
-    def runnable(self) -> bool:
+    def ready(self) -> bool:
+        return self._head() is not None
+
+    def rows(self) -> StepRows:
         head = self._head()
-        if head is None:
-            return False
-        if head.with_loras and self._patch:
-            assert self._loras is not None
-            if not self._loras.done():
-                return False
-            self._loras.result()  # raises what loading raised
-        return True
+        assert head is not None
+        return StepRows(sample=head.sample, latents=head.sample[:, :self.latent_channels],
+                        timestep=head.timestep, embeds=self.embeds, kinds=(UNCOND,),
+                        added_cond=self.added_cond, step=head.step)
 
-    def begin_step(self) -> StepInput:
-        with self._lock:
-            step = self._inbox[0]
-        self.controls.send(step.step, step.sample, step.timestep, step.controlnet_scales)
-        return StepInput(step.sample, step.timestep, self.embeds)
-
-    def end_step(self, noise: torch.Tensor) -> bool:
+    def advance(self, noise: torch.Tensor) -> None:
         with self._lock:
             step = self._inbox.popleft()
         self.answers.put(PassAnswer(step.step, noise.clone(), step.lease_ids))
-        self._answered += 1
-        return True
-
-    def after_step(self) -> bool:
-        return self._answered >= self.total_steps
+        self.answered += 1
 
     def expired(self, now: float) -> Exception | None:
         if self.cancelled.is_set():
             return Cancelled("the requesting replica ended the pass", field="request_id")
         return None
 
-    def finish(self, error: Exception | None) -> None:
-        self.controls.close()
+    def report_step(self, outputs: dict[str, torch.Tensor]) -> None:
+        return None
+
+    def report_final(self, batch_peak: int, metadata: dict[str, str]) -> None:
+        self.answers.put(None)
+
+    def report_error(self, error: Exception) -> None:
         self.answers.put(error)

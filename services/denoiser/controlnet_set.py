@@ -18,9 +18,9 @@ from typing import Protocol
 
 import torch
 
-log = logging.getLogger("dfleet.denoiser")
+from services.denoiser.addons.base import Residuals, add_residuals
 
-Residuals = tuple[list[torch.Tensor], torch.Tensor]
+log = logging.getLogger("dfleet.denoiser")
 
 
 class StepLink(Protocol):
@@ -32,12 +32,6 @@ class StepLink(Protocol):
     def receive(self) -> Residuals: ...
 
     def close(self) -> None: ...
-
-
-def add_residuals(total: Residuals | None, more: Residuals) -> Residuals:
-    if total is None:
-        return more
-    return [a + b for a, b in zip(total[0], more[0], strict=True)], total[1] + more[1]
 
 
 class ControlNetSet:

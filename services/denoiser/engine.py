@@ -1,14 +1,14 @@
 """The denoiser's step loop: every runnable work advances one step per iteration.
 
 Works join and leave at step boundaries (continuous batching). Each
-iteration groups the runnable works by (model, LoRA patch, latent shape);
-each group runs as one UNet batch (:mod:`services.denoiser.step_batch`), with
-its LoRA patch merged for the time of that batch. A work may be unable to
-step for a while: its LoRAs are still loading at its BAL bound, or (CFG
-parallelism) it waits for its partner's half of the step, or (partner side)
-the next step's rows have not arrived. The loop serves the other works
-meanwhile and sleeps only when none can step; :meth:`DenoiserEngine.wake`
-ends the sleep.
+iteration groups the runnable works by their group key (model, latent shape
+and what their add-ons say, e.g. the LoRA patch); each group runs as one
+model batch (:mod:`services.denoiser.step_batch`). A work may be unable to
+step for a while: an add-on is not ready (its LoRAs still load at its BAL
+bound) or holds its step back (the CFG partner's half has not come), or
+(partner side) the next step's rows have not arrived. The loop serves the
+other works meanwhile and sleeps only when none can step;
+:meth:`DenoiserEngine.wake` ends the sleep.
 
 All tensor work (loading a UNet, preparing a request, every round of the
 loop) runs on the engine's :class:`~services.common.compute.ComputeThread`.
@@ -21,20 +21,17 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 import torch
 
 from services.common.compute import ComputeThread
 from services.common.errors import FleetError
-from services.denoiser.bal import LoraGate, LoraLayers
-from services.denoiser.controlnet_set import ControlNetSet
+from services.denoiser.addons.base import Addon
 from services.denoiser.job import DenoiseJob
-from services.denoiser.lora_patch import Patch
 from services.denoiser.request_state import RequestState, prepare
 from services.denoiser.step_batch import LoadedUnet, Outcome, run_batch
-from services.denoiser.work import CfgPartner, RequestWork, StepWork
+from services.denoiser.work import DenoiseWork
 
 log = logging.getLogger("dfleet.denoiser")
 
@@ -45,26 +42,23 @@ __all__ = ["DenoiserEngine", "LoadedUnet"]
 
 class DenoiserEngine:
     def __init__(self, load_unet: Callable[[str], LoadedUnet], max_batch_requests: int = 8,
-                 parallel_controlnet: bool = True,
-                 runner: Callable[[LoadedUnet, list[StepWork], bool], Sequence[Outcome]]
-                 = run_batch, max_active_requests: int = 0
-                 ) -> None:
-        """``runner`` runs one batch (:func:`run_batch`, or one that also serves edits).
+                 runner: Callable[[LoadedUnet, list[DenoiseWork]], Sequence[Outcome]]
+                 = run_batch, max_active_requests: int = 0) -> None:
+        """``runner`` runs one batch (:func:`~services.denoiser.step_batch.run_batch`).
 
         ``max_active_requests`` (0 = no limit) bounds the submitted requests that step
         together; later ones wait, first come first served, until one ends. Works added
-        by other paths (CFG passes, template edits) are not counted and never wait.
+        by other paths (CFG passes, template recordings) are not counted and never wait.
         """
         self.compute = ComputeThread("denoise-compute")
         self._load_unet = load_unet
         self.runner = runner
         self.max_batch_requests = max_batch_requests
-        self.parallel_controlnet = parallel_controlnet
         self.max_active_requests = max_active_requests
-        self._waiting: list[StepWork] = []   # submitted, beyond max_active_requests
-        self._limited: set[int] = set()      # id() of active works that count against it
-        self._pending: list[StepWork] = []
-        self._active: list[StepWork] = []
+        self._waiting: list[DenoiseWork] = []   # submitted, beyond max_active_requests
+        self._limited: set[int] = set()         # id() of active works that count against it
+        self._pending: list[DenoiseWork] = []
+        self._active: list[DenoiseWork] = []
         self._lock = threading.Condition()
         self._woken = False
         self._stop = False
@@ -79,23 +73,19 @@ class DenoiserEngine:
         """The loaded UNet of ``model`` (loaded on the compute thread when new)."""
         return self.compute.run(self._load_unet, model)
 
-    def submit(self, job: DenoiseJob, controls: ControlNetSet,
-               loras: Future[LoraLayers] | None = None, bound: int = 0,
-               partner: Callable[[RequestState], CfgPartner] | None = None) -> RequestWork:
-        """Prepares ``job`` and queues it; its LoRAs join by step ``bound`` (BAL).
-
-        ``partner`` opens the CFG pass for the prepared request (CFG parallelism).
-        """
+    def submit(self, job: DenoiseJob,
+               addons: Callable[[RequestState], list[Addon]] | list[Addon] | None = None
+               ) -> DenoiseWork:
+        """Prepares ``job`` and queues it with its add-ons (built for the prepared state, on
+        the compute thread, when ``addons`` is a callable)."""
         model = self.load_unet(job.model)
-        state = self.compute.run(prepare, job, model.info)
-        patch: Patch = tuple(sorted((spec.name, spec.scale) for spec in job.loras))
-        checked = self.checked_loras(job.model, loras) if patch else None
-        link = partner(state) if partner is not None and job.do_cfg else None
-        work = RequestWork(state, controls, LoraGate(patch, checked, bound), link)
+        state: RequestState = self.compute.run(prepare, job, model.info)
+        built = self.compute.run(addons, state) if callable(addons) else list(addons or [])
+        work = DenoiseWork(state, built)
         self.add(work, limited=True)
         return work
 
-    def add(self, work: StepWork, limited: bool = False) -> None:
+    def add(self, work: DenoiseWork, limited: bool = False) -> None:
         """Queues ``work``; a ``limited`` one counts against ``max_active_requests``."""
         with self._lock:
             if limited and self.max_active_requests > 0:
@@ -128,27 +118,6 @@ class DenoiserEngine:
             self._lock.notify()
         self._thread.join(timeout=10)
         self.compute.shutdown()
-
-    def checked_loras(self, model: str, loras: Future[LoraLayers] | None
-                      ) -> Future[LoraLayers]:
-        """``loras``, checked against ``model``'s UNet once loaded; wakes the loop when done."""
-        if loras is None:
-            raise ValueError("a request with LoRAs needs their loading future")
-        patcher = self.load_unet(model).patcher
-        out: Future[LoraLayers] = Future()
-
-        def done(source: Future[LoraLayers]) -> None:
-            try:
-                layers = source.result()
-                for name, lora in layers.items():
-                    patcher.check(name, lora)
-                out.set_result(layers)
-            except BaseException as exc:  # noqa: BLE001 - handed to the request
-                out.set_exception(exc)
-            self.wake()
-
-        loras.add_done_callback(done)
-        return out
 
     # the loop
     def _serve(self) -> None:
@@ -192,8 +161,7 @@ class DenoiserEngine:
                 work.last_batch = len(group)
             try:
                 started = time.perf_counter()
-                completed = self.runner(self.load_unet(group[0].model), group,
-                                        self.parallel_controlnet)
+                completed = self.runner(self.load_unet(group[0].model), group)
             except Exception as exc:  # noqa: BLE001 - reported to each work in the batch
                 for work in group:
                     self._report_failure(work, exc)
@@ -207,7 +175,7 @@ class DenoiserEngine:
                 elif outcome:
                     self._after_step(work)
 
-    def _runnable(self, work: StepWork) -> bool:
+    def _runnable(self, work: DenoiseWork) -> bool:
         try:
             return work.runnable()
         except Exception as exc:  # noqa: BLE001 - e.g. its LoRA failed to load
@@ -222,7 +190,7 @@ class DenoiserEngine:
             except Exception as exc:  # noqa: BLE001 - e.g. the CFG partner failed
                 self._finish(work, exc)
 
-    def _after_step(self, work: StepWork) -> None:
+    def _after_step(self, work: DenoiseWork) -> None:
         self.steps_run += 1
         if work.after_step():
             self._finish(work, None)
@@ -242,19 +210,19 @@ class DenoiserEngine:
             if error is not None:
                 self._finish(work, error)
 
-    def _groups(self, works: list[StepWork]) -> list[list[StepWork]]:
-        groups: dict[tuple[Any, ...], list[StepWork]] = defaultdict(list)
+    def _groups(self, works: list[DenoiseWork]) -> list[list[DenoiseWork]]:
+        groups: dict[tuple[Any, ...], list[DenoiseWork]] = defaultdict(list)
         for work in works:
             groups[work.group_key()].append(work)
         return [g[i:i + self.max_batch_requests] for g in groups.values()
                 for i in range(0, len(g), self.max_batch_requests)]
 
-    def _report_failure(self, work: StepWork, error: Exception) -> None:
+    def _report_failure(self, work: DenoiseWork, error: Exception) -> None:
         if not isinstance(error, FleetError):
             log.error("step failed", exc_info=error, extra={"request_id": work.request_id})
         self._finish(work, error)
 
-    def _finish(self, work: StepWork, error: Exception | None) -> None:
+    def _finish(self, work: DenoiseWork, error: Exception | None) -> None:
         if work in self._active:
             self._active.remove(work)
             if id(work) in self._limited:

@@ -1,4 +1,10 @@
-"""What the denoiser is asked to do for one request, as domain types (no protos)."""
+"""What the denoiser is asked to do for one request, as domain types (no protos).
+
+A :class:`DenoiseJob` holds what every request has (conditioning, size, steps, seed, the
+sampling schedule); what is attached to it (LoRAs, ControlNets, a CFG partner, a template
+edit, IP-Adapters, previews) lives in ``addons``, one typed spec per add-on, keyed by the
+add-on's name in :mod:`services.denoiser.addons`. The core knows no add-on.
+"""
 
 from __future__ import annotations
 
@@ -11,35 +17,11 @@ from typing import Any
 import torch
 
 
-@dataclass(frozen=True)
-class ControlNetSpec:
-    name: str
-    address: str
-    cond_image: torch.Tensor  # [1, 3, H, W] in [0, 1]
-    scale: float = 1.0
-    guidance_start: float = 0.0
-    guidance_end: float = 1.0
-    peer: Any = None          # PeerInfo of the ControlNet replica
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    name: str
-    scale: float
-    address: str
-
-
-@dataclass(frozen=True)
-class CfgPartnerSpec:
-    address: str
-    peer: Any = None          # PeerInfo of the partner replica
-
-
 @dataclass
 class DenoiseJob:
     request_id: str
     model: str
-    prompt_embeds: torch.Tensor
+    prompt_embeds: torch.Tensor                   # [1, tokens, dim]
     negative_prompt_embeds: torch.Tensor | None
     width: int
     height: int
@@ -47,22 +29,18 @@ class DenoiseJob:
     guidance_scale: float
     seed: int
     strength: float = 1.0
-    image_moments: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
+    image_moments: torch.Tensor | None = None     # VAE moments of the init image
+    mask: torch.Tensor | None = None              # processed mask [1, 1, H, W]
     masked_image_moments: torch.Tensor | None = None
-    controlnets: list[ControlNetSpec] = field(default_factory=list)
-    loras: list[LoraSpec] = field(default_factory=list)
-    preview_every: int = 0
-    deadline: float | None = None  # time.monotonic() value
-    lora_async_steps: int = 0      # BAL bound K; -1 = the stored profile's; 0 = exact
-    stale_controlnet: bool = False  # step t uses step t-1's ControlNet residuals
-    cfg_partner: CfgPartnerSpec | None = None  # replica that runs the unconditional pass
-    # SDXL-shaped UNets only (in-process callers; not on the wire): pooled text embeddings
-    # and the added time ids, as the SDXL pipelines pass them in added_cond_kwargs.
+    scheduler: str = ""                           # a name from services.common.schedulers
+    num_images: int = 1                           # image i is drawn from seed + i
+    # SDXL-shaped UNets: pooled text embeddings and the added time ids, as the SDXL
+    # pipelines pass them in added_cond_kwargs.
     pooled_prompt_embeds: torch.Tensor | None = None
     negative_pooled_prompt_embeds: torch.Tensor | None = None
     add_time_ids: torch.Tensor | None = None
-    edit: Any = None  # TemplateEdit (services.denoiser.template_editing): a template edit
+    addons: dict[str, Any] = field(default_factory=dict)  # add-on name -> its spec
+    deadline: float | None = None                 # time.monotonic() value
     events: queue.Queue[Any] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
@@ -71,23 +49,36 @@ class DenoiseJob:
     def do_cfg(self) -> bool:
         return self.guidance_scale > 1.0
 
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.num_images)]
+
 
 @dataclass(frozen=True)
 class StepEvent:
     step: int
     total_steps: int
-    preview_latents: torch.Tensor | None = None
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. "preview_latents"
+
+    @property
+    def preview_latents(self) -> torch.Tensor | None:
+        return self.outputs.get("preview_latents")
 
 
 @dataclass(frozen=True)
 class FinalEvent:
-    latents: torch.Tensor
+    latents: torch.Tensor                         # [num_images, C, h, w]
     steps: int
     queue_ms: float
     run_ms: float
     batch_peak: int = 1
-    lora_step: int | None = None   # step at which the LoRAs joined (BAL); None without LoRAs
-    controlnet_wait_ms: float = 0.0  # time the step loop waited for ControlNet residuals
+    metadata: dict[str, str] = field(default_factory=dict)  # what the add-ons report
+
+    @property
+    def lora_step(self) -> int | None:
+        """Step at which the LoRAs joined (BAL); None without LoRAs."""
+        step = self.metadata.get("lora_joined_step")
+        return int(step) if step is not None else None
 
 
 @dataclass(frozen=True)

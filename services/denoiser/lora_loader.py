@@ -25,8 +25,8 @@ from diffusion.v1 import lora_cache_pb2, lora_cache_pb2_grpc
 from services.common.channels import ChannelPool
 from services.common.errors import from_rpc_error
 from services.common.transport import TensorImporter, local_peer
-from services.denoiser.bal import LoraLayers
-from services.denoiser.job import LoraSpec
+from services.denoiser.addons.base import LoraLayers
+from services.denoiser.addons.lora import LoraSpec
 from services.denoiser.lora_patch import LoraLayer, parse_lora
 
 log = logging.getLogger("dfleet.denoiser")

@@ -13,11 +13,15 @@ import torch
 from safetensors import safe_open
 
 from services.common.model_store import ModelStore
-from services.denoiser.bal import LoraLayers
+from services.denoiser.addons.base import Addon, LoraLayers
+from services.denoiser.addons.controlnet import ControlNetAddon, step_scales
+from services.denoiser.addons.lora import LoraAddon
+from services.denoiser.addons.preview import PreviewAddon
 from services.denoiser.controlnet_set import ControlNetSet, StepLink
 from services.denoiser.engine import DenoiserEngine
 from services.denoiser.job import DenoiseJob, ErrorEvent, FinalEvent, StepEvent
 from services.denoiser.lora_patch import parse_lora
+from services.denoiser.request_state import RequestState
 
 EVENT_TIMEOUT_S = 600.0
 
@@ -65,12 +69,37 @@ def join_at(layers: LoraLayers, step: int
     return future, on_step
 
 
+def local_addons(job: DenoiseJob, state: RequestState, links: Sequence[StepLink] = (),
+                 loras: Future[LoraLayers] | None = None, bound: int = 0,
+                 parallel_controlnet: bool = True) -> list[Addon]:
+    """The add-ons of ``job``'s specs, with ControlNets computed by ``links`` and LoRA layers
+    from ``loras`` (in-process stand-ins for the services the registry would dial)."""
+    built: list[Addon] = []
+    steps = len(state.timesteps)
+    controlnets = job.addons.get("controlnet")
+    if controlnets is not None:
+        built.append(ControlNetAddon(ControlNetSet(list(links), steps, controlnets.stale),
+                                     step_scales(controlnets.controlnets, steps),
+                                     parallel_controlnet))
+    lora = job.addons.get("lora")
+    if lora is not None:
+        if loras is None:
+            raise ValueError("a job with LoRAs needs their loading future")
+        built.append(LoraAddon(lora.patch, loras, bound))
+    preview = job.addons.get("preview")
+    if preview is not None:
+        built.append(PreviewAddon(preview.every))
+    return built
+
+
 def run(engine: DenoiserEngine, job: DenoiseJob, links: Sequence[StepLink] | None = None,
         loras: Future[LoraLayers] | None = None, bound: int = 0,
-        on_step: Callable[[StepEvent], None] | None = None) -> FinalEvent:
+        on_step: Callable[[StepEvent], None] | None = None,
+        parallel_controlnet: bool = True) -> FinalEvent:
     """Submits ``job`` and waits for its end; ``on_step`` sees each step's event (with the
-    latents when ``job.preview_every`` is 1)."""
-    engine.submit(job, ControlNetSet(list(links or []), 0, job.stale_controlnet), loras, bound)
+    latents when ``job`` asks for a preview every step)."""
+    engine.submit(job, lambda state: local_addons(job, state, links or [], loras, bound,
+                                                  parallel_controlnet))
     while True:
         event = job.events.get(timeout=EVENT_TIMEOUT_S)
         if isinstance(event, StepEvent) and on_step is not None:

@@ -1,15 +1,18 @@
 """One request's denoising state, prepared and advanced exactly as the SD pipelines do.
 
-``prepare`` is the pipelines' "before denoise" stage: timesteps (with the
-image-to-image strength cut), the request's generator, initial latents, the
-inpainting mask latents and the per-ControlNet keep schedule. The generator
-is used in the same order as the pipelines use it, so the same seed gives the
-same noise.
+``prepare`` is the pipelines' "before denoise" stage: the scheduler the request chose, its
+timesteps (with the image-to-image strength cut), one generator per image (seed, seed + 1, ...
+as a pipeline given a list of generators), initial latents and the inpainting mask latents.
+The generators are used in the same order as the pipelines use them, so the same seeds give the
+same noise. :class:`RequestState` is the step loop's sampler for the request
+(:class:`~services.denoiser.work.Sampler`): its rows per step, and the guider and scheduler step
+that turn the model output into the next latents.
 """
 
 from __future__ import annotations
 
 import inspect
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +20,11 @@ import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils.torch_utils import randn_tensor
 
-from services.common.errors import InvalidArgument
-from services.common.model_store import new_scheduler
-from services.denoiser.job import DenoiseJob
+from services.common import schedulers
+from services.common.errors import Cancelled, DeadlineExceeded, InvalidArgument
+from services.denoiser.addons.base import StepRows
+from services.denoiser.guiders import Guider, guider_for
+from services.denoiser.job import DenoiseJob, ErrorEvent, FinalEvent, StepEvent
 
 
 @dataclass(frozen=True)
@@ -38,52 +43,99 @@ class ModelInfo:
 @dataclass
 class RequestState:
     job: DenoiseJob
-    generator: torch.Generator
+    generators: list[torch.Generator]
     scheduler: Any
+    guider: Guider
     timesteps: list[torch.Tensor]
-    latents: torch.Tensor
-    prompt_embeds: torch.Tensor                   # [rows, tokens, dim], uncond first with CFG
+    latents: torch.Tensor                         # [images, C, h, w]
+    prompt_embeds: torch.Tensor                   # [rows, tokens, dim], in guider row order
     mask: torch.Tensor | None = None              # [rows, 1, h, w]
     masked_image_latents: torch.Tensor | None = None
-    controlnet_keep: list[list[float]] = field(default_factory=list)  # per step, per ControlNet
     step_kwargs: dict[str, Any] = field(default_factory=dict)
     added_cond: dict[str, torch.Tensor] | None = None  # SDXL: text_embeds, time_ids per row
     index: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    # what the step loop reads (services.denoiser.work.Sampler)
+    @property
+    def request_id(self) -> str:
+        return self.job.request_id
+
+    @property
+    def model(self) -> str:
+        return self.job.model
+
+    @property
+    def step(self) -> int:
+        return self.index
 
     @property
     def done(self) -> bool:
         return self.index >= len(self.timesteps)
 
     @property
-    def rows(self) -> int:
-        return self.prompt_embeds.shape[0]
+    def rows_count(self) -> int:
+        return int(self.prompt_embeds.shape[0])
 
-    def model_input(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scaled latents, as the ControlNet sees them; full UNet input) for this step."""
+    @property
+    def generator(self) -> torch.Generator | list[torch.Generator]:
+        """What the pipelines pass as ``generator``: one, or a list of one per image."""
+        return self.generators[0] if len(self.generators) == 1 else self.generators
+
+    def group_key(self) -> tuple[Any, ...]:
+        """(model, shape of one row of the model input): rows of any count batch together."""
+        channels = self.latents.shape[1]
+        if self.mask is not None and self.masked_image_latents is not None:
+            channels += self.mask.shape[1] + self.masked_image_latents.shape[1]
+        return (self.job.model, (channels, *self.latents.shape[2:]))
+
+    def ready(self) -> bool:
+        return True
+
+    def rows(self) -> StepRows:
+        """This step's rows: the scaled latents per guider row group, with the inpainting
+        channels when the model takes them."""
         t = self.timesteps[self.index]
-        doubled = torch.cat([self.latents] * 2) if self.job.do_cfg else self.latents
-        scaled = self.scheduler.scale_model_input(doubled, t)
-        if self.mask is None:
-            return scaled, scaled
-        assert self.masked_image_latents is not None
-        return scaled, torch.cat([scaled, self.mask, self.masked_image_latents], dim=1)
-
-    def controlnet_scales(self) -> list[float]:
-        """Each ControlNet's conditioning scale at this step (0 outside its guidance range)."""
-        keep = self.controlnet_keep[self.index]
-        return [spec.scale * k for spec, k in zip(self.job.controlnets, keep, strict=True)]
+        groups = len(self.guider.kinds)
+        model_latents = torch.cat([self.latents] * groups) if groups > 1 else self.latents
+        scaled = self.scheduler.scale_model_input(model_latents, t)
+        sample = scaled
+        if self.mask is not None:
+            assert self.masked_image_latents is not None
+            sample = torch.cat([scaled, self.mask, self.masked_image_latents], dim=1)
+        return StepRows(sample=sample, latents=scaled, timestep=t, embeds=self.prompt_embeds,
+                        kinds=self.guider.kinds, added_cond=self.added_cond, step=self.index)
 
     def advance(self, noise_pred: torch.Tensor) -> None:
-        if self.job.do_cfg:
-            uncond, text = noise_pred.chunk(2)
-            noise_pred = uncond + self.job.guidance_scale * (text - uncond)
         t = self.timesteps[self.index]
-        self.latents = self.scheduler.step(noise_pred, t, self.latents, **self.step_kwargs,
-                                           return_dict=False)[0]
+        self.latents = self.scheduler.step(self.guider.combine(noise_pred), t, self.latents,
+                                           **self.step_kwargs, return_dict=False)[0]
         self.index += 1
 
+    def expired(self, now: float) -> Exception | None:
+        job = self.job
+        if job.cancelled.is_set():
+            return Cancelled("request cancelled", field="request_id")
+        if job.deadline is not None and now > job.deadline:
+            return DeadlineExceeded(f"deadline passed at step {self.index}/{len(self.timesteps)}")
+        return None
 
-def _step_kwargs(scheduler: Any, generator: torch.Generator) -> dict[str, Any]:
+    def report_step(self, outputs: dict[str, torch.Tensor]) -> None:
+        self.job.events.put(StepEvent(self.index, len(self.timesteps), outputs))
+
+    def report_final(self, batch_peak: int, metadata: dict[str, str]) -> None:
+        job = self.job
+        self.job.events.put(FinalEvent(
+            latents=self.latents.clone(), steps=len(self.timesteps),
+            queue_ms=(self.started - job.submitted) * 1e3,
+            run_ms=(time.monotonic() - self.started) * 1e3, batch_peak=batch_peak,
+            metadata=metadata))
+
+    def report_error(self, error: Exception) -> None:
+        self.job.events.put(ErrorEvent(error))
+
+
+def _step_kwargs(scheduler: Any, generator: Any) -> dict[str, Any]:
     params = set(inspect.signature(scheduler.step).parameters)
     kwargs: dict[str, Any] = {}
     if "eta" in params:
@@ -97,17 +149,10 @@ def _sample(moments: torch.Tensor, generator: torch.Generator, scaling: float) -
     return scaling * DiagonalGaussianDistribution(moments).sample(generator=generator)
 
 
-def _controlnet_keep(job: DenoiseJob, steps: int) -> list[list[float]]:
-    return [[1.0 - float(i / steps < c.guidance_start or (i + 1) / steps > c.guidance_end)
-             for c in job.controlnets] for i in range(steps)]
-
-
-def prepare(job: DenoiseJob, info: ModelInfo) -> RequestState:
-    scheduler = new_scheduler(info.scheduler_config)
+def _timesteps(job: DenoiseJob, scheduler: Any) -> list[torch.Tensor]:
     scheduler.set_timesteps(job.num_inference_steps)
     timesteps = scheduler.timesteps
-    image_to_image = job.image_moments is not None or job.mask is not None
-    if image_to_image:
+    if job.image_moments is not None or job.mask is not None:
         init = min(int(job.num_inference_steps * job.strength), job.num_inference_steps)
         t_start = max(job.num_inference_steps - init, 0)
         timesteps = timesteps[t_start * scheduler.order:]
@@ -117,17 +162,24 @@ def prepare(job: DenoiseJob, info: ModelInfo) -> RequestState:
             raise InvalidArgument(
                 f"strength={job.strength} with num_inference_steps={job.num_inference_steps} "
                 "leaves no step to run", field="strength")
-    generator = torch.Generator().manual_seed(job.seed)
-    shape = (1, info.latent_channels, job.height // info.vae_scale_factor,
+    return list(timesteps)
+
+
+def prepare(job: DenoiseJob, info: ModelInfo) -> RequestState:
+    scheduler = schedulers.build(info.scheduler_config, job.scheduler, job.seed)
+    timesteps = _timesteps(job, scheduler)
+    generators = [torch.Generator().manual_seed(seed) for seed in job.seeds]
+    generator: Any = generators[0] if len(generators) == 1 else generators
+    images = job.num_images
+    guider = guider_for(job.guidance_scale)
+    shape = (images, info.latent_channels, job.height // info.vae_scale_factor,
              job.width // info.vae_scale_factor)
-    embeds = job.prompt_embeds
-    if job.do_cfg:
-        assert job.negative_prompt_embeds is not None
-        embeds = torch.cat([job.negative_prompt_embeds, job.prompt_embeds])
-    rows = embeds.shape[0]
+    embeds = _rows(job, guider, job.prompt_embeds, job.negative_prompt_embeds,
+                   "negative_prompt_embeds")
+    dtype = embeds.dtype
     mask = masked = None
     sigma = scheduler.init_noise_sigma
-    latent_timestep = timesteps[:1].repeat(1)
+    latent_timestep = timesteps[0].reshape(1).repeat(images)
     if job.mask is not None:  # inpainting, 9-channel UNet
         strength_max = job.strength == 1.0
         image_latents = None
@@ -135,44 +187,55 @@ def prepare(job: DenoiseJob, info: ModelInfo) -> RequestState:
             if job.image_moments is None:
                 raise InvalidArgument("inpainting with strength < 1 needs the image",
                                       field="image")
-            image_latents = _sample(job.image_moments, generator, info.vae_scaling_factor)
-        noise = randn_tensor(shape, generator=generator, dtype=embeds.dtype)
+            # the pipelines encode the one image with the first generator, then repeat it
+            image_latents = _sample(job.image_moments, generators[0], info.vae_scaling_factor)
+            image_latents = image_latents.repeat(images, 1, 1, 1)
+        noise = randn_tensor(shape, generator=generator, dtype=dtype)
         if strength_max:
             latents = noise * sigma
         else:
             latents = scheduler.add_noise(image_latents, noise, latent_timestep)
         mask = torch.nn.functional.interpolate(job.mask, size=shape[2:])
         assert job.masked_image_moments is not None
-        masked = _sample(job.masked_image_moments, generator, info.vae_scaling_factor)
-        mask = torch.cat([mask] * rows) if rows > 1 else mask
-        masked = torch.cat([masked] * rows) if rows > 1 else masked
-    elif job.image_moments is not None:  # image-to-image
-        init_latents = _sample(job.image_moments, generator, info.vae_scaling_factor)
-        noise = randn_tensor(init_latents.shape, generator=generator, dtype=embeds.dtype)
+        masked = _sample(job.masked_image_moments, generators[0], info.vae_scaling_factor)
+        rows = images * len(guider.kinds)
+        mask, masked = mask.repeat(rows, 1, 1, 1), masked.repeat(rows, 1, 1, 1)
+    elif job.image_moments is not None:  # image-to-image: the image once per generator
+        init_latents = torch.cat([_sample(job.image_moments, g, info.vae_scaling_factor)
+                                  for g in generators])
+        noise = randn_tensor(init_latents.shape, generator=generator, dtype=dtype)
         latents = scheduler.add_noise(init_latents, noise, latent_timestep)
     else:
-        latents = randn_tensor(shape, generator=generator, dtype=embeds.dtype) * sigma
+        latents = randn_tensor(shape, generator=generator, dtype=dtype) * sigma
     state = RequestState(
-        job=job, generator=generator, scheduler=scheduler, timesteps=list(timesteps),
-        latents=latents, prompt_embeds=embeds, mask=mask, masked_image_latents=masked,
-        controlnet_keep=_controlnet_keep(job, len(timesteps)),
-        step_kwargs=_step_kwargs(scheduler, generator), added_cond=_added_cond(job))
+        job=job, generators=generators, scheduler=scheduler, guider=guider,
+        timesteps=timesteps, latents=latents, prompt_embeds=embeds, mask=mask,
+        masked_image_latents=masked, step_kwargs=_step_kwargs(scheduler, generator),
+        added_cond=_added_cond(job, guider))
     return _to_device(state, info)
 
 
-def _added_cond(job: DenoiseJob) -> dict[str, torch.Tensor] | None:
+def _rows(job: DenoiseJob, guider: Guider, cond: torch.Tensor, uncond: torch.Tensor | None,
+          field_name: str) -> torch.Tensor:
+    """A per-prompt tensor as rows: each guider group (uncond first) once per image."""
+    parts = []
+    for kind in guider.kinds:
+        tensor = cond if kind == "cond" else uncond
+        if tensor is None:
+            raise InvalidArgument("needed when guidance_scale > 1", field=field_name)
+        parts.append(tensor.repeat(job.num_images, *([1] * (tensor.dim() - 1))))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _added_cond(job: DenoiseJob, guider: Guider) -> dict[str, torch.Tensor] | None:
     """SDXL's added conditioning, rows in the order of the prompt embeddings."""
     if job.pooled_prompt_embeds is None:
         return None
     if job.add_time_ids is None:
         raise InvalidArgument("SDXL-shaped requests need add_time_ids", field="add_time_ids")
-    text, time_ids = job.pooled_prompt_embeds, job.add_time_ids
-    if job.do_cfg:
-        if job.negative_pooled_prompt_embeds is None:
-            raise InvalidArgument("needed when guidance_scale > 1",
-                                  field="negative_pooled_prompt_embeds")
-        text = torch.cat([job.negative_pooled_prompt_embeds, text])
-        time_ids = torch.cat([time_ids, time_ids])
+    text = _rows(job, guider, job.pooled_prompt_embeds, job.negative_pooled_prompt_embeds,
+                 "negative_pooled_prompt_embeds")
+    time_ids = _rows(job, guider, job.add_time_ids, job.add_time_ids, "add_time_ids")
     return {"text_embeds": text, "time_ids": time_ids}
 
 

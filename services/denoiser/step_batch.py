@@ -1,23 +1,24 @@
-"""One UNet batch of the step loop: works of one (model, patch, shape) group, one step each.
+"""One model batch of the step loop: works of one group key, one step each.
 
-Parallel ControlNet (the default): every work sends its step to its
-ControlNets first, the UNet's down and mid blocks run while they compute,
-and the residuals are awaited only before the up blocks. Serial: the
-residuals are awaited before the UNet starts; the result is the same.
+Every work's rows go through its add-ons (which may send them elsewhere), the batch's weight
+patch is merged, the rows run as one forward (which the first work's add-ons may wrap), and each
+work takes its rows of the output back. The model's first half runs before anyone's residuals
+are read, so remote ControlNets compute beside it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
-from services.denoiser.controlnet_set import Residuals
+from services.denoiser.addons.base import BatchInput, Forward, Residuals, StepRows
 from services.denoiser.lora_patch import LoraPatcher
 from services.denoiser.request_state import ModelInfo
 from services.denoiser.unet_halves import AddedCond, DownMidOut
-from services.denoiser.work import StepInput, StepWork
+from services.denoiser.work import DenoiseWork
 
 
 class Halves(Protocol):
@@ -38,85 +39,100 @@ class LoadedUnet:
     patcher: LoraPatcher
     halves: Halves
 
+    def forward(self, batch: BatchInput) -> torch.Tensor:
+        """Down and mid blocks, then the residuals (awaited only now), then the up blocks."""
+        state = self.halves.down_mid(batch.sample, batch.timesteps, batch.embeds,
+                                     batch.added_cond)
+        residuals = batch.residuals()
+        down, mid = residuals if residuals is not None else (None, None)
+        return self.halves.up(state, down, mid)
+
 
 Outcome = bool | Exception   # whether the work's step completed, or why the work failed
 
 
-def run_batch(model: LoadedUnet, batch: list[StepWork], parallel_controlnet: bool = True
-              ) -> list[Outcome]:
-    """Runs one step of each work. A work whose step cannot start or whose ControlNet fails
+def run_batch(model: LoadedUnet, batch: Sequence[DenoiseWork]) -> list[Outcome]:
+    """Runs one step of each work. A work whose step cannot start or whose residuals fail
     fails alone: its rows still run (with zero residuals) and its output is dropped."""
     outcomes: dict[int, Outcome] = {}   # by id(work)
-    works: list[StepWork] = []
-    inputs: list[StepInput] = []
+    works: list[DenoiseWork] = []
+    rows: list[StepRows] = []
     for work in batch:
         try:
-            inputs.append(work.begin_step())
+            rows.append(work.begin_step())
             works.append(work)
         except Exception as exc:  # noqa: BLE001 - reported to that work alone
             outcomes[id(work)] = exc
     if not works:
         return [outcomes[id(work)] for work in batch]
-    residuals: list[Residuals | None] = []
-    if not parallel_controlnet:
-        residuals = _read_residuals(works, outcomes)
-    head = works[0]
-    model.patcher.apply(head.patch, head.layers if head.patch else {})
+    patch = works[0].weight_patch()
+    model.patcher.apply(patch.patch, patch.layers)
     device, dtype = model.info.device, model.info.dtype
-    sample = torch.cat([i.sample.to(device, dtype) for i in inputs])
-    timesteps = torch.cat([i.timestep.to(device, torch.float64).reshape(1).expand(i.rows)
-                           for i in inputs])
-    embeds = torch.cat([i.embeds.to(device, dtype) for i in inputs])
-    state = model.halves.down_mid(sample, timesteps, embeds, _stack_added(inputs))
-    if parallel_controlnet:
-        residuals = _read_residuals(works, outcomes)
-    down, mid = stack_residuals(inputs, residuals, sample)
-    noise = model.halves.up(state, down, mid)
+    sample = torch.cat([r.sample.to(device, dtype) for r in rows])
+
+    def residuals() -> Residuals | None:
+        return stack_residuals(rows, _read_residuals(works, outcomes), sample)
+
+    inputs = BatchInput(
+        sample=sample,
+        timesteps=torch.cat([r.timestep.to(device, torch.float64).reshape(1).expand(r.rows)
+                             for r in rows]),
+        embeds=torch.cat([r.embeds.to(device, dtype) for r in rows]),
+        added_cond=_stack([r.added_cond for r in rows], device, dtype),
+        extra=_stack([r.extra for r in rows], device, dtype) or {},
+        residuals=residuals)
+    forward: Forward = model.forward
+    for addon in works[0].addons:
+        forward = addon.wrap_forward(forward, works)
+    noise = forward(inputs)
     offset = 0
-    for work, step_input in zip(works, inputs, strict=True):
-        rows = noise[offset:offset + step_input.rows]
-        offset += step_input.rows
-        if id(work) not in outcomes:  # else its ControlNet failed
+    for work, step_rows in zip(works, rows, strict=True):
+        part = noise[offset:offset + step_rows.rows]
+        offset += step_rows.rows
+        if id(work) not in outcomes:  # else its residuals failed
             try:
-                outcomes[id(work)] = work.end_step(rows)
+                outcomes[id(work)] = work.end_step(part)
             except Exception as exc:  # noqa: BLE001 - reported to that work alone
                 outcomes[id(work)] = exc
     return [outcomes[id(work)] for work in batch]
 
 
-def _read_residuals(works: list[StepWork], outcomes: dict[int, Outcome]
+def _read_residuals(works: list[DenoiseWork], outcomes: dict[int, Outcome]
                     ) -> list[Residuals | None]:
-    """Each work's residuals for this step; a work whose ControlNet failed gets none."""
-    residuals: list[Residuals | None] = []
+    """Each work's residuals for this step; a work whose residuals failed gets none."""
+    found: list[Residuals | None] = []
     for work in works:
         try:
-            residuals.append(work.controls.residuals())
+            found.append(work.residuals())
         except Exception as exc:  # noqa: BLE001 - reported to that work alone
             outcomes[id(work)] = exc
-            residuals.append(None)
-    return residuals
+            found.append(None)
+    return found
 
 
-def _stack_added(inputs: list[StepInput]) -> AddedCond | None:
-    if inputs[0].added_cond is None:
+def _stack(parts: list[dict[str, torch.Tensor] | None], device: Any, dtype: torch.dtype
+           ) -> dict[str, torch.Tensor] | None:
+    """Per-row inputs of the batch's works, concatenated key by key (equal batch keys give
+    every work the same keys)."""
+    if parts[0] is None or not parts[0]:
         return None
-    return {key: torch.cat([i.added_cond[key] for i in inputs if i.added_cond is not None])
-            for key in inputs[0].added_cond}
+    return {key: torch.cat([p[key] for p in parts if p is not None]).to(device, dtype)
+            for key in parts[0]}
 
 
-def stack_residuals(inputs: list[StepInput], residuals: list[Residuals | None],
-                    like: torch.Tensor) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
-    """Per-work residuals as one batch on ``like``'s device; works without ControlNet add zeros."""
+def stack_residuals(rows: list[StepRows], residuals: list[Residuals | None],
+                    like: torch.Tensor) -> Residuals | None:
+    """Per-work residuals as one batch on ``like``'s device; works without any add zeros."""
     template = next((r for r in residuals if r is not None), None)
     if template is None:
-        return None, None
+        return None
     downs: list[list[torch.Tensor]] = []
     mids: list[torch.Tensor] = []
-    for step_input, res in zip(inputs, residuals, strict=True):
-        rows = step_input.rows
+    for step_rows, res in zip(rows, residuals, strict=True):
+        count = step_rows.rows
         if res is None:
-            res = ([torch.zeros((rows, *d.shape[1:]), dtype=d.dtype) for d in template[0]],
-                   torch.zeros((rows, *template[1].shape[1:]), dtype=template[1].dtype))
+            res = ([torch.zeros((count, *d.shape[1:]), dtype=d.dtype) for d in template[0]],
+                   torch.zeros((count, *template[1].shape[1:]), dtype=template[1].dtype))
         downs.append(res[0])
         mids.append(res[1])
     down = [torch.cat(parts).to(like.device, like.dtype) for parts in zip(*downs, strict=True)]

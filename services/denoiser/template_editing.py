@@ -40,10 +40,10 @@ from services.denoiser.activation_recorder import ActivationRecorder, entry
 from services.denoiser.block_planner import BlockDemand, BlockPlanner
 from services.denoiser.cache_loader import CacheLoader, LoadReport, RecordRows
 from services.denoiser.edit_regions import RegionPlan, latent_mask
+from services.denoiser.job import DenoiseJob
 from services.denoiser.masked_unet import MaskedUnet, StepInputs, supports
 
 if TYPE_CHECKING:
-    from services.denoiser.job import DenoiseJob
     from services.denoiser.request_state import ModelInfo, RequestState
 
 log = logging.getLogger("dfleet.denoiser.edit")
@@ -86,10 +86,19 @@ class EditSettings:
             raise ValueError(f"halo={self.halo} must be >= 0 and lookahead={self.lookahead} >= 1")
 
 
+NAME = "template_edit"   # the add-on's name: where a job carries its TemplateEdit
+
+
+def edit_of(job: DenoiseJob) -> TemplateEdit | None:
+    edit: TemplateEdit | None = job.addons.get(NAME)
+    return edit
+
+
 def recipe_key(job: DenoiseJob) -> str:
-    assert job.edit is not None
-    return (f"{job.edit.template_id}|{job.model}|{job.width}x{job.height}|"
-            f"{job.num_inference_steps}|{job.guidance_scale:.6g}|{job.seed}")
+    edit = edit_of(job)
+    assert edit is not None
+    return (f"{edit.template_id}|{job.model}|{job.width}x{job.height}|"
+            f"{job.num_inference_steps}|{job.guidance_scale:.6g}|{job.seed}|{job.scheduler}")
 
 
 @dataclass
@@ -123,7 +132,7 @@ class TemplateEditor:
     # admission (request threads)
     def admit(self, job: DenoiseJob, info: ModelInfo, unet: Any) -> list[DenoiseJob]:
         """Picks the job's mode; returns a recording job to run alongside, if one is due."""
-        edit = job.edit
+        edit = edit_of(job)
         if edit is None:
             return []
         edit.key = recipe_key(job)
@@ -155,31 +164,32 @@ class TemplateEditor:
         levels = len(unet.config.block_out_channels)
         side = info.vae_scale_factor * 2 ** (levels - 1)
         on_cpu = str(info.device) == "cpu"  # the region plans are CPU tensors
-        return (on_cpu and job.mask is not None and info.in_channels == 9 and not job.loras
-                and not job.controlnets and job.strength == 1.0 and supports(unet)
+        return (on_cpu and job.mask is not None and info.in_channels == 9
+                and set(job.addons) <= {NAME, "preview"} and job.num_images == 1
+                and job.strength == 1.0 and supports(unet)
                 and job.width % side == 0 and job.height % side == 0)
 
     @staticmethod
     def _recording_job(job: DenoiseJob) -> DenoiseJob:
-        from services.denoiser.job import DenoiseJob
-
-        edit = job.edit
+        edit = edit_of(job)
         assert edit is not None and job.mask is not None
         return DenoiseJob(
             request_id=f"{job.request_id}.record", model=job.model,
             prompt_embeds=edit.prompt_embeds, negative_prompt_embeds=edit.negative_prompt_embeds,
             width=job.width, height=job.height, num_inference_steps=job.num_inference_steps,
             guidance_scale=job.guidance_scale, seed=job.seed, strength=1.0,
+            scheduler=job.scheduler,
             mask=torch.zeros_like(job.mask), masked_image_moments=edit.image_moments,
-            edit=TemplateEdit(edit.template_id, record=True, mode=RECORD, key=edit.key,
-                              parent=edit))
+            addons={NAME: TemplateEdit(edit.template_id, record=True, mode=RECORD,
+                                       key=edit.key, parent=edit)})
 
     def group_key(self, job: DenoiseJob) -> str:
-        return CACHED if job.edit is not None and job.edit.mode == CACHED else ""
+        edit = edit_of(job)
+        return CACHED if edit is not None and edit.mode == CACHED else ""
 
     def finish(self, job: DenoiseJob) -> None:
         """The job left the loop (done, failed or cancelled): drop what it held."""
-        edit = job.edit
+        edit = edit_of(job)
         if edit is None:
             return
         if edit.mode == RECORD:
@@ -194,27 +204,28 @@ class TemplateEditor:
     @contextmanager
     def recording(self, unet: Any, works: list[tuple[RequestState, int]]) -> Iterator[None]:
         """Records the recording jobs among ``works`` ((state, first row) of a batch)."""
-        rows = {s.job.request_id: slice(first, first + s.rows) for s, first in works
-                if s.job.edit is not None and s.job.edit.mode == RECORD}
+        rows = {s.job.request_id: slice(first, first + s.rows_count) for s, first in works
+                if (e := edit_of(s.job)) is not None and e.mode == RECORD}
         if not rows:
             yield
             return
+        indices = {s.job.request_id: s.index for s, _ in works}  # the step being recorded
         with self._model(unet).recorder.capture(rows) as captured:
             yield
         for state, _ in works:
             step = captured.get(state.job.request_id)
             if step:
-                self._keep(state, step)
+                self._keep(state, step, indices[state.job.request_id])
 
-    def _keep(self, state: RequestState, step: dict[str, torch.Tensor]) -> None:
-        """Adds a recorded step; stores the record after the last (``state`` has advanced)."""
-        edit = state.job.edit
+    def _keep(self, state: RequestState, step: dict[str, torch.Tensor], index: int) -> None:
+        """Adds recorded step ``index``; stores the record after the last."""
+        edit = edit_of(state.job)
         assert edit is not None
         edit.recorded.append(step)
-        if not state.done:
+        if index < len(state.timesteps) - 1:
             return
         edit.cache_bytes = self.cache.put(edit.key, edit.recorded, {
-            "template_id": edit.template_id, "rows": str(state.rows)})
+            "template_id": edit.template_id, "rows": str(state.rows_count)})
         edit.recorded = []
         if edit.parent is not None:  # reported with the edit: the template is now warm
             edit.parent.cache_bytes = edit.cache_bytes
@@ -227,8 +238,8 @@ class TemplateEditor:
         with self._lock:
             plan = self._plans.get(key)
         if plan is None:
-            masks = torch.stack([s.job.edit.region for s in states])  # type: ignore[union-attr]
-            plan = RegionPlan(masks, [s.rows for s in states], self.settings.halo,
+            masks = torch.stack([edit_of(s.job).region for s in states])  # type: ignore[union-attr]
+            plan = RegionPlan(masks, [s.rows_count for s in states], self.settings.halo,
                               len(unet.config.block_out_channels))
             with self._lock:
                 self._plans[key] = plan
@@ -240,9 +251,9 @@ class TemplateEditor:
         parts = self._model(unet)
         plan = self._plan(unet, states)
         blocks = parts.masked.blocks
-        requests = [RecordRows(s.job.edit.reader, s.index, s.rows)  # type: ignore[union-attr,arg-type]
+        requests = [RecordRows(edit_of(s.job).reader, s.index, s.rows_count)  # type: ignore[union-attr,arg-type]
                     for s in states]
-        rows = sum(s.rows for s in states)
+        rows = sum(s.rows_count for s in states)
         demands = [BlockDemand(rows, plan.ratio(b.level) * rows,
                                _input_bytes(requests, b.inputs), b.kind == "up") for b in blocks]
         planner = parts.planner

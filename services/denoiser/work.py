@@ -1,195 +1,158 @@
-"""What the step loop runs: units of work that each take one UNet pass per step.
+"""What the step loop runs: a sampler with its add-ons, one model pass per step.
 
-:class:`RequestWork` is a request this replica denoises. With CFG
-parallelism its unconditional rows go to a partner replica each step, and
-the step completes when the partner's noise prediction is back (the loop
-serves other work meanwhile). :class:`~services.denoiser.cfg_pass.PassWork`
-is the partner's side: rows another replica sends, one step at a time.
+A *sampler* owns a work's rows and what becomes of the model's output: a request this replica
+denoises (:class:`~services.denoiser.request_state.RequestState`: latents, scheduler, guider)
+or, for CFG parallelism, the rows a partner replica sends one step at a time
+(:class:`~services.denoiser.cfg_pass.PassSampler`). :class:`DenoiseWork` runs the add-on
+hooks (:mod:`services.denoiser.addons.base`) around it and knows no add-on by name.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Hashable
+from typing import Protocol
 
 import torch
 
-from services.common.errors import Cancelled, DeadlineExceeded
-from services.denoiser.bal import LoraGate, LoraLayers
-from services.denoiser.controlnet_set import ControlNetSet
-from services.denoiser.job import DenoiseJob, ErrorEvent, FinalEvent, StepEvent
-from services.denoiser.lora_patch import Patch
-from services.denoiser.request_state import RequestState
+from services.denoiser.addons.base import Addon, Residuals, StepRows, WeightPatch, add_residuals
+
+log = logging.getLogger("dfleet.denoiser")
 
 
-@dataclass
-class StepInput:
-    """One work's rows of a UNet batch."""
-
-    sample: torch.Tensor                              # UNet input rows
-    timestep: torch.Tensor                            # 0-d
-    embeds: torch.Tensor
-    added_cond: dict[str, torch.Tensor] | None = None
+class Sampler(Protocol):
+    @property
+    def request_id(self) -> str: ...
 
     @property
-    def rows(self) -> int:
-        return int(self.sample.shape[0])
-
-
-class StepWork(ABC):
-    """The step loop's view of a unit of work."""
-
-    request_id: str
-    model: str
-    controls: ControlNetSet
-    last_batch: int = 1   # works in the UNet batch of its latest step
+    def model(self) -> str: ...
 
     @property
-    @abstractmethod
-    def patch(self) -> Patch: ...
+    def step(self) -> int: ...
 
     @property
-    @abstractmethod
-    def layers(self) -> LoraLayers: ...
+    def done(self) -> bool: ...
 
-    @abstractmethod
-    def group_key(self) -> tuple[Any, ...]:
-        """Works with equal keys may share a UNet batch."""
+    @property
+    def latents(self) -> torch.Tensor | None: ...
 
-    @abstractmethod
+    def group_key(self) -> tuple[Hashable, ...]:
+        """Samplers with equal keys can share a model batch (model, row shape)."""
+        ...
+
+    def ready(self) -> bool:
+        """Whether this step's rows are there."""
+        ...
+
+    def rows(self) -> StepRows: ...
+
+    def advance(self, noise: torch.Tensor) -> None:
+        """Completes the step with the model output of all its rows."""
+        ...
+
+    def expired(self, now: float) -> Exception | None: ...
+
+    def report_step(self, outputs: dict[str, torch.Tensor]) -> None: ...
+
+    def report_final(self, batch_peak: int, metadata: dict[str, str]) -> None: ...
+
+    def report_error(self, error: Exception) -> None: ...
+
+
+class DenoiseWork:
+    def __init__(self, sampler: Sampler, addons: list[Addon]) -> None:
+        self.sampler = sampler
+        self.addons = addons
+        self.request_id = sampler.request_id
+        self.model = sampler.model
+        self.started = time.monotonic()
+        self.last_batch = 1   # works in the model batch of its latest step
+        self.batch_peak = 1
+        self._parked: tuple[torch.Tensor, int] | None = None  # noise held at an add-on
+
+    def group_key(self) -> tuple[Hashable, ...]:
+        keys = tuple((a.name, key) for a in self.addons if (key := a.batch_key()) is not None)
+        return (*self.sampler.group_key(), keys)
+
     def runnable(self) -> bool:
         """Whether a step can start now. May raise: the work then fails."""
+        if self._parked is not None or not self.sampler.ready():
+            return False
+        step = self.sampler.step
+        return all(addon.ready(step) for addon in self.addons)
 
-    @abstractmethod
-    def begin_step(self) -> StepInput:
-        """This step's rows; sends the step to the work's ControlNets (and CFG partner)."""
+    def weight_patch(self) -> WeightPatch:
+        return next((p for a in self.addons if (p := a.weight_patch()) is not None),
+                    WeightPatch())
 
-    @abstractmethod
-    def end_step(self, noise: torch.Tensor) -> bool:
-        """Takes this work's rows of the UNet output; True once the step is complete."""
+    def begin_step(self) -> StepRows:
+        """This step's rows, after every add-on has seen (and maybe sent or cut) them."""
+        rows = self.sampler.rows()
+        for addon in self.addons:
+            rows = addon.before_model(rows)
+        return rows
 
-    def settle(self) -> bool:
-        """Completes a step left waiting by ``end_step``; True when it did."""
-        return False
-
-    @abstractmethod
-    def after_step(self) -> bool:
-        """Reports a completed step; True when the work is done."""
-
-    @abstractmethod
-    def expired(self, now: float) -> Exception | None:
-        """Why the work must stop now (cancelled, past its deadline), or None."""
-
-    @abstractmethod
-    def finish(self, error: Exception | None) -> None:
-        """Ends the work: closes its links and reports the error, if any."""
-
-
-class CfgPartner(Protocol):
-    """The requesting side of a CFG pass stream (see :mod:`services.denoiser.cfg_link`)."""
-
-    def send(self, step: int, sample: torch.Tensor, timestep: torch.Tensor,
-             scales: list[float], with_loras: bool) -> None: ...
-
-    def poll(self) -> torch.Tensor | None: ...
-
-    def close(self) -> None: ...
-
-
-class RequestWork(StepWork):
-    def __init__(self, state: RequestState, controls: ControlNetSet, gate: LoraGate,
-                 partner: CfgPartner | None = None) -> None:
-        self.state = state
-        self.controls = controls
-        controls.total_steps = len(state.timesteps)
-        self.gate = gate
-        self.partner = partner if state.job.do_cfg else None
-        self.request_id = state.job.request_id
-        self.model = state.job.model
-        self.started = time.monotonic()
-        self.batch_peak = 1
-        self._parked: torch.Tensor | None = None
-
-    @property
-    def job(self) -> DenoiseJob:
-        return self.state.job
-
-    @property
-    def patch(self) -> Patch:
-        return self.gate.patch
-
-    @property
-    def layers(self) -> LoraLayers:
-        return self.gate.layers
-
-    def group_key(self) -> tuple[Any, ...]:
-        return (self.model, self.patch, tuple(self.state.latents.shape), self.partner is None)
-
-    def runnable(self) -> bool:
-        return self._parked is None and self.gate.ready_for(self.state.index)
-
-    def begin_step(self) -> StepInput:
-        state = self.state
-        step, t = state.index, state.timesteps[state.index]
-        control_in, unet_in = state.model_input()
-        embeds, added = state.prompt_embeds, state.added_cond
-        scales = state.controlnet_scales()
-        if self.partner is not None:
-            self.partner.send(step, unet_in[:1], t, scales, with_loras=bool(self.patch))
-            control_in, unet_in, embeds = control_in[1:], unet_in[1:], embeds[1:]
-            added = {k: v[1:] for k, v in added.items()} if added else None
-        self.controls.send(step, control_in, t, scales)
-        return StepInput(unet_in, t, embeds, added)
+    def residuals(self) -> Residuals | None:
+        total: Residuals | None = None
+        for addon in self.addons:
+            more = addon.residuals()
+            if more is not None:
+                total = add_residuals(total, more)
+        return total
 
     def end_step(self, noise: torch.Tensor) -> bool:
-        if self.partner is None:
-            self.state.advance(noise)
-            return True
-        self._parked = noise.clone()
-        return self.settle()
+        """Takes this work's rows of the model output; True once the step is complete."""
+        return self._after_model(noise, 0)
 
     def settle(self) -> bool:
-        if self._parked is None or self.partner is None:
+        """Completes a step an add-on held back; True when it did."""
+        if self._parked is None:
             return False
-        uncond = self.partner.poll()
-        if uncond is None:
-            return False
-        parked, self._parked = self._parked, None
-        self.state.advance(torch.cat([uncond.to(parked.device, parked.dtype), parked]))
+        noise, start = self._parked
+        self._parked = None
+        return self._after_model(noise, start)
+
+    def _after_model(self, noise: torch.Tensor, start: int) -> bool:
+        order = self.addons[::-1]  # the reverse of before_model: the last to cut rows restores
+        for index in range(start, len(order)):
+            out = order[index].after_model(noise)
+            if out is None:
+                self._parked = (noise, index)
+                return False
+            noise = out
+        self.sampler.advance(noise)
         return True
 
     def after_step(self) -> bool:
-        state, job = self.state, self.job
+        """Reports a completed step; True when the work is done."""
         self.batch_peak = max(self.batch_peak, self.last_batch)
-        total = len(state.timesteps)
-        if state.done:
-            job.events.put(FinalEvent(
-                latents=state.latents.clone(), steps=total,
-                queue_ms=(self.started - job.submitted) * 1e3,
-                run_ms=(time.monotonic() - self.started) * 1e3, batch_peak=self.batch_peak,
-                lora_step=self.gate.patched_at if self.gate.full_patch else None,
-                controlnet_wait_ms=self.controls.wait_s * 1e3))
+        sampler = self.sampler
+        if sampler.done:
+            metadata: dict[str, str] = {}
+            for addon in self.addons:
+                metadata.update(addon.metadata())
+            sampler.report_final(self.batch_peak, metadata)
             return True
-        preview = None
-        if job.preview_every and state.index % job.preview_every == 0:
-            preview = state.latents.clone()
-        job.events.put(StepEvent(state.index, total, preview))
+        outputs: dict[str, torch.Tensor] = {}
+        latents = sampler.latents
+        if latents is not None:
+            for addon in self.addons:
+                outputs.update(addon.step_outputs(latents, sampler.step))
+        sampler.report_step(outputs)
         return False
 
     def expired(self, now: float) -> Exception | None:
-        job = self.job
-        if job.cancelled.is_set():
-            return Cancelled("request cancelled", field="request_id")
-        if job.deadline is not None and now > job.deadline:
-            return DeadlineExceeded(
-                f"deadline passed at step {self.state.index}/{len(self.state.timesteps)}")
-        return None
+        """Why the work must stop now (cancelled, past its deadline), or None."""
+        return self.sampler.expired(now)
 
     def finish(self, error: Exception | None) -> None:
-        self.controls.close()
-        if self.partner is not None:
-            self.partner.close()
+        """Ends the work: every add-on closes, then the error (if any) is reported."""
+        for addon in self.addons:
+            try:
+                addon.close(error)
+            except Exception:  # noqa: BLE001 - closing is best effort; leases expire anyway
+                log.warning("closing add-on %s failed", addon.name, exc_info=True,
+                            extra={"request_id": self.request_id})
         if error is not None:
-            self.job.events.put(ErrorEvent(error))
+            self.sampler.report_error(error)

@@ -11,14 +11,19 @@ from diffusion.v1 import gateway_pb2_grpc
 from services.common.model_store import ModelStore
 from services.common.server import Heartbeat, ServiceRuntime, init_process, serve
 from services.common.settings import parse_settings
-from services.gateway.edit_dispatch import EditDispatch
+from services.gateway.attachments import AttachmentKinds
+from services.gateway.attachments.cfg_parallel import CfgParallelKind
+from services.gateway.attachments.controlnet import ControlNetKind
+from services.gateway.attachments.lora import LoraKind
+from services.gateway.attachments.preview import PreviewKind
+from services.gateway.attachments.template_edit import TemplateEditKind
 from services.gateway.edit_placement import EditCostModel, EditPlacer
+from services.gateway.request_flow import RequestFlow
 from services.gateway.request_log import RequestLog
 from services.gateway.servicer import GatewayServicer
 from services.gateway.settings import GatewaySettings
 from services.gateway.template_registration import TemplateRegistrar
 from services.gateway.templates import TemplateRegistry
-from services.gateway.workflow import WorkflowRunner
 
 ROLE = "gateway"
 log = logging.getLogger("dfleet.gateway")
@@ -62,13 +67,15 @@ def main(argv: list[str] | None = None) -> None:
         registry = TemplateRegistry(runtime.fleet)
         costs = (EditCostModel.from_profile(settings.edit_cost_profile)
                  if settings.edit_cost_profile else EditCostModel())
-        edits = EditDispatch(registry, EditPlacer(runtime.fleet, costs, settings.edit_placement),
-                             runtime.exporter, store, settings.edit_halo)
-        runner = WorkflowRunner(runtime.fleet, runtime.channels, runtime.exporter,
-                                runtime.importer, settings.inline_max_bytes,
-                                settings.replica_wait_s, edits)
-        servicer = GatewayServicer(settings, store, requests, runner, runtime,
-                                   TemplateRegistrar(settings, store, registry, runner))
+        attachments = AttachmentKinds([
+            CfgParallelKind(),
+            TemplateEditKind(registry, EditPlacer(runtime.fleet, costs, settings.edit_placement),
+                             settings.edit_halo),
+            LoraKind(), ControlNetKind(), PreviewKind()])
+        flow = RequestFlow(runtime.fleet, runtime.channels, runtime.exporter, runtime.importer,
+                           settings.inline_max_bytes, settings.replica_wait_s)
+        servicer = GatewayServicer(settings, store, requests, flow, attachments, runtime,
+                                   TemplateRegistrar(settings, store, registry, flow))
         holder["servicer"] = servicer
         gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
         threading.Thread(target=_upkeep_loop, daemon=True, name="upkeep",

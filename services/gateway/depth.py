@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from services.common.fleet_state import FleetState
 
@@ -31,6 +33,19 @@ class DepthTracker:
             return
         self.held[(role, model)] -= 1
         self.fleet.add_depth(role, model, -1)
+
+    @contextmanager
+    def holding(self, nodes: list[tuple[str, str]]) -> Iterator[None]:
+        """Counts the request on each (role, model) node for the time of the block."""
+        entered: list[tuple[str, str]] = []
+        try:
+            for role, model in nodes:
+                self.enter(role, model)
+                entered.append((role, model))
+            yield
+        finally:
+            for role, model in entered:
+                self.leave(role, model)
 
     def close(self) -> None:
         """Gives back every count still held, whatever ended the request."""

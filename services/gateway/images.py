@@ -60,10 +60,16 @@ def control_image(image: PIL.Image.Image, width: int, height: int, vsf: int) -> 
     return processed.to(dtype=torch.float32)
 
 
+def to_pixel_list(decoded: torch.Tensor) -> list[np.ndarray]:
+    """VAE output ``[B, 3, H, W]`` in [-1, 1] -> B float32 ``[H, W, 3]`` images in [0, 1]."""
+    image = (decoded / 2 + 0.5).clamp(0, 1)
+    batch = image.cpu().permute(0, 2, 3, 1).float().numpy()
+    return [batch[i] for i in range(batch.shape[0])]
+
+
 def to_pixels(decoded: torch.Tensor) -> np.ndarray:
     """VAE output ``[1, 3, H, W]`` in [-1, 1] -> float32 ``[H, W, 3]`` in [0, 1]."""
-    image = (decoded / 2 + 0.5).clamp(0, 1)
-    return image.cpu().permute(0, 2, 3, 1).float().numpy()[0]
+    return to_pixel_list(decoded)[0]
 
 
 def to_png(pixels: np.ndarray) -> bytes:

@@ -30,17 +30,14 @@ WAIT_POLL_S = 0.2
 
 @dataclass(frozen=True)
 class Placement:
+    """The replicas every request uses; its attachments place what they need themselves."""
+
     text_encoder: ReplicaInfo
     denoiser: ReplicaInfo
     vae: ReplicaInfo
-    controlnets: tuple[ReplicaInfo, ...]
-    lora_cache: ReplicaInfo | None
-    cfg_partner: ReplicaInfo | None = None   # second denoiser: the unconditional pass
 
     def replicas(self) -> list[ReplicaInfo]:
-        found = [self.text_encoder, self.denoiser, self.vae, *self.controlnets]
-        extra = [r for r in (self.lora_cache, self.cfg_partner) if r is not None]
-        return found + extra
+        return [self.text_encoder, self.denoiser, self.vae]
 
 
 def peer_of(replica: ReplicaInfo, inline_max_bytes: int = 0) -> tensor_pb2.PeerInfo:
@@ -82,8 +79,10 @@ class Placer:
                 raise Unavailable(f"no {role} replica is alive (waited {wait_s:.0f} s)")
             time.sleep(WAIT_POLL_S)
 
-    def _pick(self, role: str, model: str, host: str = "",
-              avoid: frozenset[str] = frozenset(), wait_s: float = 0.0) -> ReplicaInfo:
+    def pick(self, role: str, model: str, host: str = "",
+             avoid: frozenset[str] = frozenset(), wait_s: float = 0.0) -> ReplicaInfo:
+        """A live replica of ``role``: one holding ``model``, least loaded, on ``host``,
+        not in ``avoid``, in that order of preference."""
         replicas = self._live(role, wait_s)
         turn = next(self._tie)
 
@@ -109,21 +108,11 @@ class Placer:
         others = [r for r in self.fleet.replicas("denoiser") if r.replica_id != denoiser.replica_id]
         if not others:
             return None
-        return self._pick("denoiser", model, denoiser.host_id, frozenset({denoiser.replica_id}))
+        return self.pick("denoiser", model, denoiser.host_id, frozenset({denoiser.replica_id}))
 
-    def place(self, model: str, controlnets: list[str], with_loras: bool,
-              denoiser: ReplicaInfo, wait_s: float = 0.0, cfg_parallel: bool = False
-              ) -> Placement:
-        """The other replicas of a request, near its denoiser; a role with none alive is
-        waited for up to ``wait_s``. ``cfg_parallel`` adds a partner denoiser if one is alive."""
+    def place(self, model: str, denoiser: ReplicaInfo, wait_s: float = 0.0) -> Placement:
+        """The text encoder and VAE of a request, near its denoiser; a role with none alive
+        is waited for up to ``wait_s``."""
         host = denoiser.host_id
-        chosen: list[ReplicaInfo] = []
-        for name in controlnets:
-            chosen.append(self._pick("controlnet", name, host,
-                                     frozenset(r.replica_id for r in chosen), wait_s))
-        return Placement(
-            text_encoder=self._pick("text_encoder", model, host, wait_s=wait_s),
-            denoiser=denoiser, vae=self._pick("vae", model, host, wait_s=wait_s),
-            controlnets=tuple(chosen),
-            lora_cache=self._pick("lora_cache", "", host, wait_s=wait_s) if with_loras else None,
-            cfg_partner=self.cfg_partner(model, denoiser) if cfg_parallel else None)
+        return Placement(text_encoder=self.pick("text_encoder", model, host, wait_s=wait_s),
+                         denoiser=denoiser, vae=self.pick("vae", model, host, wait_s=wait_s))

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from diffusion.v1 import gateway_pb2, gateway_pb2_grpc, tensor_pb2
+from services.common import schedulers
 from services.common.deadlines import deadline_of, seconds_from_now
 from services.common.errors import (
     FailedPrecondition,
@@ -20,14 +21,16 @@ from services.common.errors import (
     ResourceExhausted,
     as_fleet_error,
 )
-from services.common.model_store import ModelStore
+from services.common.model_store import ModelEntry, ModelStore
 from services.common.server import ServiceRuntime
+from services.gateway.attachments import AttachmentKinds
 from services.gateway.depth import DepthTracker
+from services.gateway.generation import Generation
+from services.gateway.request_flow import Outcome, RequestFlow
 from services.gateway.request_log import RequestLog
 from services.gateway.settings import GatewaySettings
 from services.gateway.template_registration import TemplateRegistrar
-from services.gateway.validation import Workflow, validate
-from services.gateway.workflow import Outcome, WorkflowRunner
+from services.gateway.validation import validate
 
 log = logging.getLogger("dfleet.gateway")
 POLL_S = 0.25
@@ -49,13 +52,14 @@ def error_info(exc: BaseException) -> gateway_pb2.ErrorInfo:
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, settings: GatewaySettings, store: ModelStore, requests: RequestLog,
-                 runner: WorkflowRunner, runtime: ServiceRuntime,
+                 flow: RequestFlow, attachments: AttachmentKinds, runtime: ServiceRuntime,
                  registrar: TemplateRegistrar | None = None) -> None:
         self.settings = settings
         self.registrar = registrar
         self.store = store
         self.requests = requests
-        self.runner = runner
+        self.flow = flow
+        self.attachments = attachments
         self.runtime = runtime
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -68,7 +72,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def Generate(self, request: gateway_pb2.GenerateRequest,
                  context: grpc.ServicerContext) -> Iterator[gateway_pb2.GenerateEvent]:
         request = self._expanded(request)
-        flow = validate(request, self.store, self.settings)
+        flow = self._validate(request)
         cancel = self._admit(flow.request_id)
         events: queue.Queue[object] = queue.Queue()
         try:
@@ -116,7 +120,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         with self._lock:
             self._cancel.pop(request_id, None)
 
-    def _execute(self, flow: Workflow, stream: str, entry: str, emit: Callable[[object], None],
+    def _validate(self, request: gateway_pb2.GenerateRequest) -> Generation:
+        return validate(request, self.store, self.settings, self.attachments)
+
+    def _execute(self, flow: Generation, stream: str, entry: str, emit: Callable[[object], None],
                  deadline: float | None, cancel: threading.Event) -> None:
         """Runs a recorded request to a terminal state; every outcome is recorded and acked."""
         rid = flow.request_id
@@ -131,9 +138,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                                             event.progress.step, event.progress.total_steps)
                 emit(event)
 
-            outcome = self.runner.run(flow, forward, deadline, cancel.is_set, depth)
+            outcome = self.flow.run(flow, forward, deadline, cancel.is_set, depth)
             self.requests.finish(rid, entry, stream, gateway_pb2.REQUEST_STATE_SUCCEEDED,
-                                 png=outcome.png, metadata=json.dumps(outcome.metadata))
+                                 png=outcome.pngs[0], metadata=json.dumps(outcome.metadata))
             emit(gateway_pb2.GenerateEvent(request_id=rid, result=self._result(
                 flow, outcome, (time.monotonic() - started) * 1e3)))
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a terminal state
@@ -154,16 +161,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             self._leave(rid)
             emit(_DONE)
 
-    def _result(self, flow: Workflow, outcome: Outcome,
+    def _result(self, flow: Generation, outcome: Outcome,
                 latency_ms: float) -> gateway_pb2.GenerateResult:
-        result = gateway_pb2.GenerateResult(image=gateway_pb2.ImageInput(data=outcome.png),
-                                            metadata=outcome.metadata, latency_ms=latency_ms)
-        if flow.return_pixels:
-            pixels = outcome.pixels
-            result.pixels.CopyFrom(tensor_pb2.TensorRef(
-                dtype=tensor_pb2.DTYPE_FLOAT32, shape=list(pixels.shape),
-                inline=pixels.astype("float32").tobytes()))
-        return result
+        images = []
+        for i, (png, pixels) in enumerate(zip(outcome.pngs, outcome.pixels, strict=True)):
+            image = gateway_pb2.GeneratedImage(image=gateway_pb2.ImageInput(data=png),
+                                               seed=flow.seed + i)
+            if flow.return_pixels:
+                image.pixels.CopyFrom(tensor_pb2.TensorRef(
+                    dtype=tensor_pb2.DTYPE_FLOAT32, shape=list(pixels.shape),
+                    inline=pixels.astype("float32").tobytes()))
+            images.append(image)
+        return gateway_pb2.GenerateResult(
+            image=images[0].image, pixels=images[0].pixels if flow.return_pixels else None,
+            images=images, metadata=outcome.metadata, latency_ms=latency_ms)
 
     # the other calls
     def Cancel(self, request: gateway_pb2.CancelRequest,
@@ -193,10 +204,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     def ListModels(self, request: gateway_pb2.ListModelsRequest,
                    context: grpc.ServicerContext) -> gateway_pb2.ListModelsResponse:
-        return gateway_pb2.ListModelsResponse(models=[
-            gateway_pb2.ModelInfo(name=e.name, kind=e.kind, default_width=e.default_size,
-                                  default_height=e.default_size)
-            for e in self.store.entries()])
+        return gateway_pb2.ListModelsResponse(models=[self._model_info(e)
+                                                      for e in self.store.entries()])
+
+    def _model_info(self, entry: ModelEntry) -> gateway_pb2.ModelInfo:
+        info = gateway_pb2.ModelInfo(name=entry.name, kind=entry.kind,
+                                     default_width=entry.default_size,
+                                     default_height=entry.default_size)
+        if entry.kind in ("base", "inpainting"):
+            info.schedulers.extend(schedulers.NAMES)
+            info.default_scheduler = self.store.scheduler_config(entry.name)["_class_name"]
+        return info
 
     def RegisterTemplate(self, request: gateway_pb2.RegisterTemplateRequest,
                          context: grpc.ServicerContext) -> gateway_pb2.RegisterTemplateResponse:
@@ -215,7 +233,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def recover(self, request: gateway_pb2.GenerateRequest, stream: str, entry: str) -> None:
         """Runs an orphaned request (its gateway died) to a terminal state, for GetRequest."""
         try:
-            flow = validate(request, self.store, self.settings)
+            flow = self._validate(request)
             cancel = self._admit(flow.request_id)
         except FleetError as exc:
             self.requests.finish(request.request_id, entry, stream,

@@ -22,7 +22,6 @@ from diffusion.v1 import (
     denoiser_pb2_grpc,
     gateway_pb2,
     tensor_pb2,
-    tensor_pb2_grpc,
     text_encoder_pb2,
     text_encoder_pb2_grpc,
     vae_pb2,
@@ -33,9 +32,9 @@ from services.common.model_store import ModelStore
 from services.common.transport import local_peer
 from services.gateway import images
 from services.gateway.placement import Placement, peer_of
+from services.gateway.request_flow import RequestFlow
 from services.gateway.settings import GatewaySettings
 from services.gateway.templates import Template, TemplateRegistry, expand, new_template_id
-from services.gateway.workflow import WorkflowRunner
 
 log = logging.getLogger("dfleet.gateway.templates")
 CALL_TIMEOUT_S = 600.0
@@ -43,7 +42,7 @@ CALL_TIMEOUT_S = 600.0
 
 class TemplateRegistrar:
     def __init__(self, settings: GatewaySettings, store: ModelStore, registry: TemplateRegistry,
-                 runner: WorkflowRunner) -> None:
+                 runner: RequestFlow) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
@@ -98,8 +97,7 @@ class TemplateRegistrar:
         runner = self.runner
         chosen = runner.placer.best_denoiser(template.model, template.steps, [],
                                              0, runner.replica_wait_s)
-        place = runner.placer.place(template.model, [], False, chosen.replica,
-                                    runner.replica_wait_s)
+        place = runner.placer.place(template.model, chosen.replica, runner.replica_wait_s)
         try:
             self._encode(template, init, place, rid)
             self.registry.put(template)
@@ -154,28 +152,24 @@ class TemplateRegistrar:
             num_inference_steps=template.steps, guidance_scale=template.guidance_scale,
             seed=template.seed, strength=1.0, mask=ref(mask),
             masked_image_moments=ref(template.image_moments), peer=local_peer(),
-            template_edit=denoiser_pb2.TemplateEditSpec(
-                template_id=template.template_id, activation_cache=True, record=True))
+            addons=denoiser_pb2.Addons(template_edit=denoiser_pb2.TemplateEditSpec(
+                template_id=template.template_id, activation_cache=True, record=True)))
         stub = denoiser_pb2_grpc.DenoiserStub(self.runner.channels.get(place.denoiser.address))
         started = time.monotonic()
         try:
             for event in stub.Denoise(request, timeout=CALL_TIMEOUT_S,
                                       metadata=(("x-request-id", rid),)):
                 if event.HasField("result"):
+                    cache_bytes = int(event.result.metadata.get("cache_bytes", "0"))
                     log.info("template warmed up", extra={
                         "request_id": rid, "template_id": template.template_id,
-                        "cache_bytes": event.result.cache_bytes,
+                        "cache_bytes": cache_bytes,
                         "ms": round((time.monotonic() - started) * 1e3)})
-                    return int(event.result.cache_bytes)
+                    return cache_bytes
         except grpc.RpcError as err:
             raise from_rpc_error(err, "denoiser") from err
         raise Unavailable("the denoiser ended the warm-up without a result")
 
     def _release(self, rid: str, place: Placement) -> None:
         self.runner.exporter.release_request(rid)
-        for replica in {r.address: r for r in place.replicas()}.values():
-            stub = tensor_pb2_grpc.TensorLeasesStub(self.runner.channels.get(replica.address))
-            try:
-                stub.Release.future(tensor_pb2.ReleaseRequest(request_id=rid), timeout=5)
-            except Exception:  # noqa: BLE001 - leases expire anyway
-                log.warning("release failed", exc_info=True, extra={"request_id": rid})
+        self.runner.release_leases(rid, place.replicas())

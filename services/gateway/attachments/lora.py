@@ -1,0 +1,83 @@
+"""LoRAs of a request: validated here, loaded by the LoRA cache near the denoiser, merged there."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from diffusion.v1 import denoiser_pb2, gateway_pb2, lora_cache_pb2, lora_cache_pb2_grpc
+from services.common.errors import InvalidArgument
+from services.common.fleet_state import ReplicaInfo
+from services.common.model_store import ModelStore
+from services.gateway.attachments.base import AttachContext, Attachment
+from services.gateway.generation import Generation
+from services.gateway.node_calls import NodeCalls
+from services.gateway.settings import GatewaySettings
+from services.gateway.validation_rules import in_range
+
+PREPARE_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    name: str
+    scale: float
+
+
+class LoraAttachment(Attachment):
+    name = "lora"
+    label = "lora"
+
+    def __init__(self, loras: list[LoraPlan], async_steps: int) -> None:
+        self.loras = loras
+        self.async_steps = async_steps
+        self.cache: ReplicaInfo | None = None
+
+    def resident(self) -> list[str]:
+        return [lo.name for lo in self.loras]
+
+    def place(self, placer: object, denoiser: ReplicaInfo, wait_s: float) -> None:
+        self.cache = placer.pick("lora_cache", "", denoiser.host_id,  # type: ignore[attr-defined]
+                                 wait_s=wait_s)
+
+    def replicas(self) -> list[ReplicaInfo]:
+        return [self.cache] if self.cache is not None else []
+
+    def start(self, calls: NodeCalls) -> None:
+        """The LoRA cache starts loading now; the denoiser fetches them when it needs them."""
+        assert self.cache is not None
+        stub = lora_cache_pb2_grpc.LoraCacheStub(calls.channel(self.cache))
+        stub.Prepare.future(lora_cache_pb2.PrepareLoraRequest(
+            request_id=calls.request_id, loras=[lo.name for lo in self.loras]),
+            timeout=PREPARE_TIMEOUT_S, metadata=calls.metadata())
+
+    def attach(self, addons: denoiser_pb2.Addons, ctx: AttachContext) -> None:
+        assert self.cache is not None
+        addons.lora.CopyFrom(denoiser_pb2.LoraPatch(async_steps=self.async_steps, loras=[
+            denoiser_pb2.LoraAttachment(name=lo.name, scale=lo.scale, address=self.cache.address)
+            for lo in self.loras]))
+
+    def report(self, metadata: Mapping[str, str]) -> dict[str, str]:
+        return {"lora_joined_step": metadata.get("lora_joined_step", "0")}
+
+
+class LoraKind:
+    def validate(self, req: gateway_pb2.GenerateRequest, gen: Generation, store: ModelStore,
+                 limits: GatewaySettings) -> LoraAttachment | None:
+        async_steps = req.approximations.lora_async_steps
+        if not -1 <= async_steps <= gen.steps:
+            raise InvalidArgument(f"{async_steps} is not -1 (profile), 0 (exact) or a "
+                                  f"step bound up to {gen.steps}",
+                                  field="approximations.lora_async_steps")
+        if len(req.loras) > limits.max_loras:
+            raise InvalidArgument(f"at most {limits.max_loras}", field="loras")
+        plans: list[LoraPlan] = []
+        for i, lora in enumerate(req.loras):
+            store.get(lora.name, ("lora",), field=f"loras[{i}].name")
+            if any(p.name == lora.name for p in plans):
+                raise InvalidArgument(f"LoRA {lora.name!r} is listed twice",
+                                      field=f"loras[{i}].name")
+            scale = lora.scale or 1.0
+            in_range(scale, -4.0, 4.0, f"loras[{i}].scale")
+            plans.append(LoraPlan(lora.name, scale))
+        return LoraAttachment(plans, async_steps) if plans else None

@@ -1,0 +1,48 @@
+"""A validated Generate request: its own fields as domain types, and its attachments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from services.gateway.attachments.base import Attachment
+
+
+@dataclass
+class Generation:
+    """One validated request: everything the request flow needs, nothing gRPC."""
+
+    request_id: str
+    model: str
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    vae_scale_factor: int
+    strength: float = 1.0
+    init_image: torch.Tensor | None = None     # image-to-image, or inpainting with strength < 1
+    mask: torch.Tensor | None = None
+    masked_image: torch.Tensor | None = None
+    scheduler: str = ""
+    num_images: int = 1
+    return_pixels: bool = False
+    attachments: list[Attachment] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        base = "inpaint" if self.mask is not None else (
+            "img2img" if self.init_image is not None else "txt2img")
+        return "+".join([base, *(a.label for a in self.attachments if a.label)])
+
+    @property
+    def do_cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    def attachment(self, name: str) -> Attachment | None:
+        return next((a for a in self.attachments if a.name == name), None)

@@ -1,0 +1,235 @@
+"""One request through the fleet: place -> encode -> denoise -> decode.
+
+Tensors flow between the node services directly: the gateway passes along the references each
+producer returns (the producer exported them for the peer that will read them), and reads only
+the final images itself. What is attached to the denoise node (LoRAs, ControlNets, a CFG
+partner, a template edit, previews) takes part through its attachment
+(:mod:`services.gateway.attachments`); this module knows none of them by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import torch
+
+from diffusion.v1 import (
+    denoiser_pb2,
+    denoiser_pb2_grpc,
+    gateway_pb2,
+    tensor_pb2,
+    tensor_pb2_grpc,
+    text_encoder_pb2,
+    text_encoder_pb2_grpc,
+    vae_pb2,
+    vae_pb2_grpc,
+)
+from services.common.channels import ChannelPool
+from services.common.errors import Cancelled, ResourceExhausted, from_rpc_error
+from services.common.fleet_state import FleetState, ReplicaInfo
+from services.common.transport import TensorExporter, TensorImporter, local_peer
+from services.gateway import images
+from services.gateway.attachments.base import AttachContext
+from services.gateway.depth import DepthTracker
+from services.gateway.generation import Generation
+from services.gateway.node_calls import NodeCalls
+from services.gateway.placement import Placement, Placer, peer_of
+
+log = logging.getLogger("dfleet.gateway")
+
+Emit = Callable[[gateway_pb2.GenerateEvent], None]
+
+
+@dataclass
+class Outcome:
+    pixels: list[np.ndarray]      # one float image [H, W, 3] per image
+    pngs: list[bytes]
+    metadata: dict[str, str]
+
+
+@dataclass
+class Encoded:
+    prompts: list[tensor_pb2.TensorRef]
+    image_moments: tensor_pb2.TensorRef | None = None
+    masked_image_moments: tensor_pb2.TensorRef | None = None
+
+
+class RequestFlow:
+    """Stateless across requests; one instance per gateway process."""
+
+    def __init__(self, fleet: FleetState, channels: ChannelPool, exporter: TensorExporter,
+                 importer: TensorImporter, inline_max_bytes: int,
+                 replica_wait_s: float = 30.0) -> None:
+        self.fleet = fleet
+        self.placer = Placer(fleet)
+        self.channels = channels
+        self.exporter = exporter
+        self.importer = importer
+        self.inline_max_bytes = inline_max_bytes
+        self.replica_wait_s = replica_wait_s
+
+    def run(self, gen: Generation, emit: Emit, deadline: float | None,
+            is_cancelled: Callable[[], bool], depth: DepthTracker) -> Outcome:
+        started = time.monotonic()
+        calls = NodeCalls(gen.request_id, deadline, self.channels, self.exporter,
+                          self.importer, self.inline_max_bytes)
+        denoise_nodes = [("denoiser", gen.model), *(n for a in gen.attachments for n in a.nodes())]
+        place: Placement | None = None
+        try:
+            with depth.holding(denoise_nodes):
+                with depth.holding([("text_encoder", gen.model)]):
+                    place = self._place(gen, deadline)
+                    for attachment in gen.attachments:
+                        attachment.start(calls)
+                    encoded = self._encode(gen, place, calls, depth)
+                result = self._denoise(gen, place, encoded, calls, emit, is_cancelled)
+            with depth.holding([("vae", gen.model)]):
+                pixels = self._decode(gen, place, result, calls)
+            metadata = self._metadata(gen, place, result, started)
+            return Outcome(pixels, [images.to_png(p) for p in pixels], metadata)
+        finally:
+            if place is not None:
+                self._release(gen, place)
+            for attachment in gen.attachments:
+                attachment.close()
+
+    def _wait_limit(self, deadline: float | None) -> float:
+        """How long placement may wait for a replica to come up (scale from zero)."""
+        limit = self.replica_wait_s
+        if deadline is not None:
+            limit = min(limit, deadline - time.monotonic())
+        return max(0.0, limit)
+
+    def _place(self, gen: Generation, deadline: float | None) -> Placement:
+        """The denoiser by the cost model (or an attachment's choice), admission control, then
+        the other replicas near it."""
+        wait_s = self._wait_limit(deadline)
+        chosen = self.placer.best_denoiser(
+            gen.model, gen.steps, [n for a in gen.attachments for n in a.resident()],
+            gen.width * gen.height * 4 * 2 * gen.num_images, wait_s)
+        if deadline is not None and chosen.total_ms / 1e3 > deadline - time.monotonic():
+            raise ResourceExhausted(
+                f"cannot finish before the deadline: the best replica needs about "
+                f"{chosen.total_ms / 1e3:.1f} s ({chosen.wait_and_run_ms:.0f} ms queue and run, "
+                f"{chosen.load_ms:.0f} ms loading); retry later or allow more time")
+        denoiser = chosen.replica
+        live = functools.cache(lambda: self.fleet.replicas("denoiser") or [chosen.replica])
+        for attachment in gen.attachments:
+            denoiser = attachment.choose_denoiser(live) or denoiser
+        self.placer.assign(denoiser.replica_id)
+        try:
+            place = self.placer.place(gen.model, denoiser, wait_s)
+            for attachment in gen.attachments:
+                attachment.place(self.placer, denoiser, wait_s)
+        except BaseException:
+            self.placer.unassign(denoiser.replica_id)
+            raise
+        return place
+
+    def _encode(self, gen: Generation, place: Placement, calls: NodeCalls,
+                depth: DepthTracker) -> Encoded:
+        """The prompts by the text encoder; the input images by the VAE (their moments);
+        each result exported for the denoiser that reads it."""
+        rid = gen.request_id
+        den_peer = peer_of(place.denoiser, self.inline_max_bytes)
+        te = text_encoder_pb2_grpc.TextEncoderStub(calls.channel(place.text_encoder))
+        prompts = [gen.prompt] + ([gen.negative_prompt] if gen.do_cfg else [])
+        reply = calls.unary("text_encoder", te.Encode, text_encoder_pb2.EncodeRequest(
+            request_id=rid, model=gen.model, prompts=prompts, peer=den_peer))
+        vae = vae_pb2_grpc.VaeStub(calls.channel(place.vae))
+        vae_peer = peer_of(place.vae, self.inline_max_bytes)
+
+        def moments(image: torch.Tensor | None) -> tensor_pb2.TensorRef | None:
+            if image is None:
+                return None
+            with depth.holding([("vae", gen.model)]):
+                encoded = calls.unary("vae", vae.Encode, vae_pb2.VaeEncodeRequest(
+                    request_id=rid, model=gen.model, peer=den_peer,
+                    image=self.exporter.export(image, vae_peer, request_id=rid)))
+            ref: tensor_pb2.TensorRef = encoded.moments
+            return ref
+        return Encoded(list(reply.embeddings), moments(gen.init_image),
+                       moments(gen.masked_image))
+
+    def _denoise(self, gen: Generation, place: Placement, encoded: Encoded, calls: NodeCalls,
+                 emit: Emit, is_cancelled: Callable[[], bool]) -> denoiser_pb2.DenoiseResult:
+        rid = gen.request_id
+        den_peer = peer_of(place.denoiser, self.inline_max_bytes)
+        ctx = AttachContext(gen, calls, den_peer, place.vae)
+        request = denoiser_pb2.DenoiseRequest(
+            request_id=rid, model=gen.model, prompt_embeds=encoded.prompts[0],
+            negative_prompt_embeds=encoded.prompts[1] if gen.do_cfg else None,
+            width=gen.width, height=gen.height, num_inference_steps=gen.steps,
+            guidance_scale=gen.guidance_scale, seed=gen.seed, strength=gen.strength,
+            image_moments=encoded.image_moments,
+            masked_image_moments=encoded.masked_image_moments,
+            mask=self.exporter.export(gen.mask, den_peer, request_id=rid)
+            if gen.mask is not None else None,
+            scheduler=gen.scheduler, num_images=gen.num_images,
+            peer=peer_of(place.vae, self.inline_max_bytes))
+        for attachment in gen.attachments:
+            attachment.attach(request.addons, ctx)
+        stub = denoiser_pb2_grpc.DenoiserStub(calls.channel(place.denoiser))
+        call = stub.Denoise(request, timeout=calls.timeout(), metadata=calls.metadata())
+        try:
+            for event in call:
+                if is_cancelled():
+                    call.cancel()
+                    break
+                if event.HasField("result"):
+                    result: denoiser_pb2.DenoiseResult = event.result
+                    return result
+                progress = gateway_pb2.Progress(step=event.progress.step,
+                                                total_steps=event.progress.total_steps)
+                for attachment in gen.attachments:
+                    attachment.progress(event.progress, progress, ctx)
+                emit(gateway_pb2.GenerateEvent(request_id=rid, progress=progress))
+        except grpc.RpcError as err:
+            if is_cancelled():
+                raise Cancelled("request cancelled", field="request_id") from err
+            raise from_rpc_error(err, "denoiser") from err
+        raise Cancelled("request cancelled", field="request_id")
+
+    def _decode(self, gen: Generation, place: Placement, result: denoiser_pb2.DenoiseResult,
+                calls: NodeCalls) -> list[np.ndarray]:
+        vae = vae_pb2_grpc.VaeStub(calls.channel(place.vae))
+        decoded = calls.unary("vae", vae.Decode, vae_pb2.VaeDecodeRequest(
+            request_id=gen.request_id, model=gen.model, latents=result.latents,
+            peer=local_peer()))
+        return images.to_pixel_list(self.importer.load(decoded.image))
+
+    def _metadata(self, gen: Generation, place: Placement, result: denoiser_pb2.DenoiseResult,
+                  started: float) -> dict[str, str]:
+        metadata = {
+            "workflow": gen.kind, "model": gen.model, "seed": str(gen.seed),
+            "steps": str(result.steps), "width": str(gen.width), "height": str(gen.height),
+            "scheduler": gen.scheduler, "num_images": str(gen.num_images),
+            "denoiser": place.denoiser.replica_id,
+            "denoise_queue_ms": f"{result.queue_ms:.1f}", "denoise_run_ms": f"{result.run_ms:.1f}",
+            "denoise_batch_peak": str(result.batch_peak),
+            "total_ms": f"{(time.monotonic() - started) * 1e3:.1f}"}
+        reported = {**result.metadata, **metadata}
+        for attachment in gen.attachments:
+            metadata.update(attachment.report(reported))
+        return metadata
+
+    def _release(self, gen: Generation, place: Placement) -> None:
+        """No lease outlives its request: every producer frees what is left of it."""
+        self.placer.unassign(place.denoiser.replica_id)
+        self.exporter.release_request(gen.request_id)
+        used = place.replicas() + [r for a in gen.attachments for r in a.replicas()]
+        self.release_leases(gen.request_id, used)
+
+    def release_leases(self, request_id: str, replicas: list[ReplicaInfo]) -> None:
+        for replica in {r.address: r for r in replicas}.values():
+            stub = tensor_pb2_grpc.TensorLeasesStub(self.channels.get(replica.address))
+            try:
+                stub.Release.future(tensor_pb2.ReleaseRequest(request_id=request_id), timeout=5)
+            except Exception:  # noqa: BLE001 - leases expire anyway
+                log.warning("release failed", exc_info=True, extra={"request_id": request_id})
