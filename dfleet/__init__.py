@@ -23,9 +23,10 @@ from dfleet.events import (
                            Result,
                            Template,
 )
-from dfleet.inputs import Approximations, ControlNet, GenerateParams, Lora
+from dfleet.inputs import SCHEDULERS, Approximations, ControlNet, GenerateParams, Lora
 
 __all__ = [
+    "SCHEDULERS",
     "Approximations", "AsyncClient", "Cancelled", "Client", "ControlNet", "DeadlineExceeded",
     "Event", "FleetError", "GenerateParams", "GeneratedImage", "Internal", "InvalidArgument",
     "Lora", "ModelInfo",

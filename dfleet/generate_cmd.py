@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from dfleet.inputs import ControlNet, Lora
+from dfleet.inputs import SCHEDULERS, ControlNet, Lora
 
 
 def _controlnet(spec: str) -> ControlNet:
@@ -57,7 +57,20 @@ def add_generate_parser(sub: argparse._SubParsersAction,  # type: ignore[type-ar
     p.add_argument("--strength", type=float, default=None,
                    help="how far image-to-image departs from --image, 0..1 (default: the "
                         "gateway's)")
+    p.add_argument("--scheduler", default="",
+                   help=f"sampler: {', '.join(SCHEDULERS)} (default: the model's own)")
+    p.add_argument("--num-images", type=int, default=1,
+                   help="images to make, 1-8; image i uses seed + i and is written to "
+                        "OUTPUT with -i before the suffix when there are several")
     p.set_defaults(func=cmd_generate)
+
+
+def output_paths(output: str, count: int) -> list[Path]:
+    """``out.png`` for one image; ``out-0.png``, ``out-1.png``, ... for several."""
+    path = Path(output)
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
 
 
 def add_gateway_options(p: argparse.ArgumentParser, state_dir: str) -> None:
@@ -117,7 +130,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     params = dict(model=args.model, negative_prompt=args.negative_prompt, steps=args.steps,
                   guidance_scale=args.guidance_scale, seed=args.seed, width=args.width,
                   height=args.height, controlnets=args.controlnet, loras=args.lora,
-                  image=args.image, mask=args.mask, strength=args.strength)
+                  image=args.image, mask=args.mask, strength=args.strength,
+                  scheduler=args.scheduler, num_images=args.num_images)
     params = {k: v for k, v in params.items() if v not in (None, "", [])}
     try:
         with dfleet.Client(address, timeout=args.timeout) as client:
@@ -129,8 +143,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
                           flush=True)
                 elif isinstance(event, dfleet.Result):
                     print(file=sys.stderr)
-                    event.image.save(args.output)
-                    print(json.dumps({"output": args.output, "request_id": event.request_id,
+                    images = event.images or (dfleet.GeneratedImage(event.png, args.seed),)
+                    paths = output_paths(args.output, len(images))
+                    for image, path in zip(images, paths, strict=True):
+                        image.image.save(path)
+                    print(json.dumps({"output": ", ".join(map(str, paths)),
+                                      "request_id": event.request_id,
                                       "latency_ms": round(event.latency_ms, 1),
                                       **event.metadata}))
                     return 0

@@ -20,6 +20,11 @@ from diffusion.v1 import gateway_pb2
 
 ImageLike = Image.Image | np.ndarray | bytes | str | os.PathLike
 
+# The samplers a request may name (ListModels says which a model takes); "default" is the
+# model's own.
+SCHEDULERS = ("default", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde",
+              "ddim", "unipc", "lcm")
+
 
 @dataclass(frozen=True)
 class ControlNet:

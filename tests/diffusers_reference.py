@@ -26,18 +26,43 @@ def sample_mask(size: int = 64) -> PIL.Image.Image:
     return PIL.Image.fromarray(mask)
 
 
-def reference(models: Path, *, prompt: str, seed: int, steps: int = 20,
-              guidance_scale: float = 7.5, negative_prompt: str = "", width: int = 64,
-              height: int = 64, controlnets: list[tuple[str, PIL.Image.Image, float]] = (),
-              loras: list[tuple[str, float]] = (), image: PIL.Image.Image | None = None,
-              mask: PIL.Image.Image | None = None, strength: float | None = None,
-              model: str = "tiny-sd") -> np.ndarray:
+# How a diffusers user switches samplers: Cls.from_config(pipe.scheduler.config, **overrides).
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++",
+                                                 "solver_order": 2}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++",
+                                                        "solver_order": 2,
+                                                        "use_karras_sigmas": True}),
+    "dpmpp_sde": ("DPMSolverSDEScheduler", {}),   # seeded with the request's seed
+    "ddim": ("DDIMScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+}
+
+
+def reference(models: Path, **kwargs: Any) -> np.ndarray:
     """Float image [H, W, 3] in [0, 1] of the matching diffusers pipeline."""
+    return reference_images(models, **kwargs)[0]
+
+
+def reference_images(models: Path, *, prompt: str, seed: int, steps: int = 20,
+                     guidance_scale: float = 7.5, negative_prompt: str = "", width: int = 64,
+                     height: int = 64, controlnets: list[tuple[str, PIL.Image.Image, float]] = (),
+                     loras: list[tuple[str, float]] = (), image: PIL.Image.Image | None = None,
+                     mask: PIL.Image.Image | None = None, strength: float | None = None,
+                     model: str = "tiny-sd", scheduler: str = "", num_images: int = 1
+                     ) -> np.ndarray:
+    """Float images [num_images, H, W, 3] in [0, 1] of the matching diffusers pipeline, image
+    i drawn with generator seed + i."""
     import diffusers
 
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(num_images)]
     common: dict[str, Any] = dict(prompt=prompt, negative_prompt=negative_prompt,
                                   num_inference_steps=steps, guidance_scale=guidance_scale,
-                                  generator=torch.Generator().manual_seed(seed), output_type="np")
+                                  generator=generators[0] if num_images == 1 else generators,
+                                  num_images_per_prompt=num_images, output_type="np")
     folder = models / model
     if controlnets:
         nets = [diffusers.ControlNetModel.from_pretrained(models / "controlnets" / name,
@@ -60,10 +85,16 @@ def reference(models: Path, *, prompt: str, seed: int, steps: int = 20,
         pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, **LOAD)
         common.update(height=height, width=width)
     pipe.set_progress_bar_config(disable=True)
+    if scheduler and scheduler != "default":
+        name, overrides = SCHEDULERS[scheduler]
+        if name == "DPMSolverSDEScheduler":
+            overrides = {**overrides, "noise_sampler_seed": seed}
+        pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **overrides)
     if loras:
         for name, _ in loras:
             pipe.load_lora_weights(str(models / "loras" / f"{name}.safetensors"),
                                    adapter_name=name)
         pipe.set_adapters([n for n, _ in loras], [s for _, s in loras])
     with torch.no_grad():
-        return pipe(**common).images[0]
+        images: np.ndarray = pipe(**common).images
+    return images
