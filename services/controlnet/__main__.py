@@ -28,6 +28,8 @@ class ControlNetSettings(ServiceSettings):
     dtype: str = setting("weights: float32, float16 or bfloat16", default="float32")
     cuda_graphs: bool = setting("capture each ControlNet as CUDA graphs per shape (CUDA only)",
                                 default=False)
+    step_ring: bool = setting("take the shared-memory step rings denoisers on this host offer "
+                              "(off: every step is a gRPC message)", default=True)
 
     def validate(self) -> None:
         super().validate()
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def add(server: grpc.Server, runtime: ServiceRuntime) -> list[str]:
         controlnet_pb2_grpc.add_ControlNetServicer_to_server(
-            ControlNetServicer(engine, runtime), server)
+            ControlNetServicer(engine, runtime, settings.step_ring), server)
         return ["diffusion.v1.ControlNet"]
 
     serve(ROLE, settings, add, Heartbeat(models=engine.names))

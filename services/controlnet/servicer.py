@@ -1,9 +1,19 @@
-"""gRPC <-> ControlNetEngine over one bidirectional stream per (request, ControlNet)."""
+"""gRPC <-> ControlNetEngine over one bidirectional stream per (request, ControlNet).
+
+Two ways to run the steps of a stream. Through a step ring (the denoiser offered
+one, so it is on this host): the open is answered with whether the ring was
+taken, and then every step comes and goes through shared memory, signalled
+over the ring's socket; the gRPC stream stays open only to end with the
+stream's status. Otherwise each step is a message on the stream, its tensors
+TensorRefs.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import grpc
 import torch
@@ -11,13 +21,31 @@ import torch
 from diffusion.v1 import controlnet_pb2, controlnet_pb2_grpc
 from services.common.errors import InvalidArgument
 from services.common.server import ServiceRuntime
-from services.controlnet.engine import ControlNetEngine
+from services.common.transport import TransportError
+from services.common.transport.ring_socket import RingClosed, connect
+from services.common.transport.ring_stream import RingStream
+from services.controlnet.engine import ControlNetEngine, ResidentControlNet, Residuals
+
+log = logging.getLogger("dfleet.controlnet")
+
+
+@dataclass
+class _Stream:
+    """What every step of one stream reads."""
+
+    controlnet: ResidentControlNet
+    embeds: torch.Tensor
+    cond_image: torch.Tensor
+    checked: bool = False
+    zeros: Residuals | None = field(default=None)
 
 
 class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
-    def __init__(self, engine: ControlNetEngine, runtime: ServiceRuntime) -> None:
+    def __init__(self, engine: ControlNetEngine, runtime: ServiceRuntime,
+                 step_ring: bool = True) -> None:
         self.engine = engine
         self.runtime = runtime
+        self.step_ring = step_ring
 
     def Steps(self, requests: Iterator[controlnet_pb2.ControlNetStepRequest],
               context: grpc.ServicerContext) -> Iterator[controlnet_pb2.ControlNetStepResponse]:
@@ -25,32 +53,49 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
         if first is None or first.WhichOneof("message") != "open":
             raise InvalidArgument("the first message must be open", field="open")
         request_id, opening = first.request_id, first.open
+        ring: RingStream | None = None
+        try:
+            if opening.HasField("ring"):
+                ring, refusal = self._take_ring(opening.ring)
+                if ring is not None:
+                    context.add_callback(ring.shutdown)  # a cancelled call wakes the loop
+                yield controlnet_pb2.ControlNetStepResponse(
+                    ring=controlnet_pb2.RingAnswer(accepted=ring is not None, reason=refusal))
+            yield from self._serve(request_id, opening, requests, context, ring)
+        finally:
+            if ring is not None:
+                ring.close()
+
+    def _take_ring(self, offer: controlnet_pb2.RingOffer) -> tuple[RingStream | None, str]:
+        if not self.step_ring:
+            return None, "step rings are off on this ControlNet (--no-step-ring)"
+        try:
+            sock = connect(offer.socket, offer.token)
+        except TransportError as e:
+            log.warning("ring offer refused: %s", e)
+            return None, str(e)
+        log.debug("steps through ring socket %s", offer.socket)
+        return RingStream(sock, role=self.runtime.role), ""
+
+    def _serve(self, request_id: str, opening: controlnet_pb2.ControlNetOpen,
+               requests: Iterator[controlnet_pb2.ControlNetStepRequest],
+               context: grpc.ServicerContext, ring: RingStream | None
+               ) -> Iterator[controlnet_pb2.ControlNetStepResponse]:
         importer, exporter = self.runtime.importer, self.runtime.exporter
         controlnet = self.engine.acquire(opening.controlnet)
         try:
-            cond_image = importer.load(opening.cond_image)
-            embeds = importer.load(opening.prompt_embeds)
-            controlnet.check_compatible(embeds)
-            zeros = None
-            checked = False
+            stream = _Stream(controlnet, importer.load(opening.prompt_embeds),
+                             importer.load(opening.cond_image))
+            controlnet.check_compatible(stream.embeds)
+            if ring is not None:
+                self._ring_steps(ring, stream)
+                return
             for message in _until_closed(requests, context):
                 step = message.step
                 exporter.release(step.release_lease_ids)
                 latents = importer.load(step.latents, release=False)
-                if not checked:
-                    controlnet.check_compatible(embeds, latents)
-                    checked = True
-                start = time.perf_counter()
-                timestep = torch.tensor(step.timestep, dtype=torch.float64)
-                if step.conditioning_scale == 0.0:
-                    if zeros is None:
-                        zeros = self.engine.zeros(controlnet, latents, timestep, embeds,
-                                                  cond_image)
-                    down, mid = zeros
-                else:
-                    down, mid = self.engine.step(controlnet, latents, timestep, embeds,
-                                                 cond_image, step.conditioning_scale)
-                compute_ms = (time.perf_counter() - start) * 1e3
+                (down, mid), compute_ms = self._answer(stream, latents, step.timestep,
+                                                       step.conditioning_scale)
                 peer = opening.peer
                 yield controlnet_pb2.ControlNetStepResponse(
                     step=step.step, compute_ms=compute_ms,
@@ -62,6 +107,46 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
         finally:
             self.engine.release(opening.controlnet)
             exporter.release_request(request_id)
+
+    def _ring_steps(self, ring: RingStream, stream: _Stream) -> None:
+        """Answers steps from the ring until the denoiser closes its end (or dies)."""
+        while True:
+            try:
+                header, tensors = ring.receive(copy=False)  # the latents, read in place
+            except RingClosed:
+                return
+            if len(tensors) != 1:
+                raise InvalidArgument(f"a ring step carries the latents alone, not "
+                                      f"{len(tensors)} tensors", field="step.latents")
+            try:
+                step, timestep = int(header["step"]), float(header["timestep"])
+                scale = float(header["scale"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise InvalidArgument(f"bad ring step header {header!r}: {e}",
+                                      field="step") from None
+            (down, mid), compute_ms = self._answer(stream, tensors[0], timestep, scale)
+            try:
+                ring.send({"step": step, "compute_ms": compute_ms}, [*down, mid])
+            except RingClosed:
+                return
+
+    def _answer(self, stream: _Stream, latents: torch.Tensor, timestep_value: float,
+                scale: float) -> tuple[Residuals, float]:
+        """One step's residuals and the milliseconds spent computing them."""
+        if not stream.checked:
+            stream.controlnet.check_compatible(stream.embeds, latents)
+            stream.checked = True
+        start = time.perf_counter()
+        timestep = torch.tensor(timestep_value, dtype=torch.float64)
+        if scale == 0.0:
+            if stream.zeros is None:
+                stream.zeros = self.engine.zeros(stream.controlnet, latents, timestep,
+                                                 stream.embeds, stream.cond_image)
+            residuals = stream.zeros
+        else:
+            residuals = self.engine.step(stream.controlnet, latents, timestep, stream.embeds,
+                                         stream.cond_image, scale)
+        return residuals, (time.perf_counter() - start) * 1e3
 
 
 def _until_closed(requests: Iterator[controlnet_pb2.ControlNetStepRequest],

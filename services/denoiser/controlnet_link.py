@@ -1,8 +1,24 @@
-"""The denoiser's end of one (request, ControlNet) step stream."""
+"""The denoiser's end of one (request, ControlNet) step stream.
+
+On the ControlNet's host the link offers a step ring with the stream's open
+message: once the ControlNet takes it, each step's latents go into the link's
+shared-memory ring and the residuals come back through the ControlNet's,
+signalled over the ring's local socket by the step loop's own thread; no
+protobuf message and no gRPC thread per step. The gRPC stream carries the
+open, the answer to the offer and, at the end, the status: when the ring's
+socket closes (the ControlNet failed, or its process died) the error is the
+stream's status, or UNAVAILABLE naming the ControlNet when none comes.
+
+Otherwise (another host, a ControlNet that refuses, ``ring=False``) each step
+is a message on the stream with TensorRefs, and the fallback is counted in
+``dfleet_transport_fallbacks_total``.
+"""
 
 from __future__ import annotations
 
+import logging
 import queue
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,10 +27,17 @@ import torch
 
 from diffusion.v1 import controlnet_pb2, controlnet_pb2_grpc, tensor_pb2
 from services.common.channels import ChannelPool
-from services.common.errors import from_rpc_error
-from services.common.transport import TensorExporter, TensorImporter
+from services.common.errors import DeadlineExceeded, FleetError, Unavailable, from_rpc_error
+from services.common.transport import TensorExporter, TensorImporter, metrics
+from services.common.transport.ring_socket import SUPPORTED, RingClosed, RingListener
+from services.common.transport.ring_stream import RingStream
 
 Residuals = tuple[list[torch.Tensor], torch.Tensor]
+
+STATUS_GRACE_S = 5.0  # how long a closed ring waits for the stream's status
+NO_DEADLINE_S = 1e6   # gRPC reports "no deadline" as ~9e18 s, which no socket takes
+
+log = logging.getLogger("dfleet.denoiser")
 
 
 class ControlNetLink:
@@ -24,26 +47,45 @@ class ControlNetLink:
                  cond_image: torch.Tensor, prompt_embeds: torch.Tensor,
                  exporter: TensorExporter, importer: TensorImporter,
                  peer: tensor_pb2.PeerInfo | None, own_peer: tensor_pb2.PeerInfo,
-                 timeout: float | None) -> None:
+                 timeout: float | None, ring: bool = True) -> None:
         self.address = address
         self.request_id = request_id
         self.exporter = exporter
         self.importer = importer
         self.peer = peer
+        self._deadline = (time.monotonic() + timeout
+                          if timeout is not None and timeout < NO_DEADLINE_S else None)
         self._outbox: queue.Queue[Any] = queue.Queue()
         self._held: list[tensor_pb2.TensorRef] = []
+        self._ring: RingStream | None = None
+        offer = self._offer(ring, peer, own_peer)
         stub = controlnet_pb2_grpc.ControlNetStub(channels.get(address))
         self._outbox.put(controlnet_pb2.ControlNetStepRequest(
             request_id=request_id,
             open=controlnet_pb2.ControlNetOpen(
                 controlnet=controlnet, peer=own_peer,
                 cond_image=exporter.export(cond_image, peer, request_id=request_id),
-                prompt_embeds=exporter.export(prompt_embeds, peer, request_id=request_id))))
+                prompt_embeds=exporter.export(prompt_embeds, peer, request_id=request_id),
+                ring=controlnet_pb2.RingOffer(socket=offer.name, token=offer.token)
+                if offer is not None else None)))
         self._responses: Iterator[controlnet_pb2.ControlNetStepResponse] = stub.Steps(
             iter(self._outbox.get, None), timeout=timeout,
             metadata=(("x-request-id", request_id),))
+        if offer is not None:
+            try:
+                self._ring = self._settle(offer)
+            except BaseException:
+                self.close()
+                raise
 
     def send(self, step: int, latents: torch.Tensor, timestep: torch.Tensor, scale: float) -> None:
+        if self._ring is not None:
+            try:
+                self._ring.send({"step": step, "timestep": float(timestep), "scale": scale},
+                                [latents])
+            except RingClosed as closed:
+                raise self._stream_error(closed) from closed
+            return
         release = [r.lease.lease_id for r in self._held if r.lease.lease_id]
         self._held = []
         self._outbox.put(controlnet_pb2.ControlNetStepRequest(
@@ -54,6 +96,15 @@ class ControlNetLink:
                 release_lease_ids=release)))
 
     def receive(self) -> Residuals:
+        if self._ring is not None:
+            try:
+                _, tensors = self._ring.receive(timeout=self._left())
+            except RingClosed as closed:
+                raise self._stream_error(closed) from closed
+            except TimeoutError:
+                raise DeadlineExceeded(f"controlnet {self.address}: no residuals before the "
+                                       "request's deadline") from None
+            return tensors[:-1], tensors[-1]
         try:
             response = next(self._responses)
         except grpc.RpcError as err:
@@ -65,10 +116,67 @@ class ControlNetLink:
         return tensors[:-1], tensors[-1]
 
     def close(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
         self._outbox.put(None)
         if self._held:
             self.importer.release(self._held)
             self._held = []
-        cancel = getattr(self._responses, "cancel", None)
+        cancel = getattr(self._responses, "cancel", None) if hasattr(self, "_responses") else None
         if cancel is not None:
             cancel()
+
+    def _offer(self, ring: bool, peer: tensor_pb2.PeerInfo | None,
+               own_peer: tensor_pb2.PeerInfo) -> RingListener | None:
+        """A ring listener to offer, or None (counted) when the steps go by gRPC."""
+        if not ring:
+            reason = "ring_disabled"
+        elif peer is None or not peer.host_id or peer.host_id != own_peer.host_id:
+            reason = "ring_other_host"
+        elif not SUPPORTED:
+            reason = "ring_unsupported"
+        else:
+            try:
+                return RingListener()
+            except OSError as e:
+                log.warning("cannot offer a step ring (%s); steps go by gRPC", e)
+                reason = "ring_error"
+        metrics.FALLBACKS.labels(self.exporter.role, reason).inc()
+        return None
+
+    def _settle(self, offer: RingListener) -> RingStream | None:
+        """The ring, once the ControlNet took it; None when it refused."""
+        try:
+            try:
+                answer = next(self._responses)
+            except grpc.RpcError as err:
+                raise from_rpc_error(err, f"controlnet {self.address}") from err
+            except StopIteration:
+                raise Unavailable(f"controlnet {self.address}: ended the stream at its "
+                                  "open") from None
+            if not answer.ring.accepted:
+                metrics.FALLBACKS.labels(self.exporter.role, "ring_refused").inc()
+                log.info("controlnet %s refused the step ring: %s", self.address,
+                         answer.ring.reason)
+                return None
+            try:
+                sock = offer.accept(timeout=min(self._left() or STATUS_GRACE_S, STATUS_GRACE_S))
+            except TimeoutError:
+                raise Unavailable(f"controlnet {self.address}: took the step ring but did not "
+                                  "connect to it") from None
+            return RingStream(sock, role=self.exporter.role)
+        finally:
+            offer.close()
+
+    def _left(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def _stream_error(self, closed: RingClosed) -> FleetError:
+        """Why the ring closed: the stream's status when the ControlNet sent one."""
+        try:
+            error = self._responses.exception(timeout=STATUS_GRACE_S)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - no status in time: the peer is gone
+            error = None
+        if isinstance(error, grpc.RpcError):
+            return from_rpc_error(error, f"controlnet {self.address}")
+        return Unavailable(f"controlnet {self.address}: its step ring closed ({closed})")

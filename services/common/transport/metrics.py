@@ -1,6 +1,6 @@
 """Prometheus metrics of the transport, registered once per process whatever the exporter count.
 
-Labels are limited to role, kind (inline / host_shm / cuda_ipc) and reason.
+Labels are limited to role, kind (inline / host_shm / cuda_ipc / ring) and reason.
 """
 
 from __future__ import annotations
@@ -64,5 +64,11 @@ SHM_BYTES = _metric(
     Gauge,
     "dfleet_transport_shm_segment_bytes",
     "Bytes of shared-memory segments this process created and has not unlinked.",
+    ("role",),
+)
+RINGS_OPEN = _metric(
+    Gauge,
+    "dfleet_transport_rings_open",
+    "Per-stream shared-memory step rings open in this process.",
     ("role",),
 )

@@ -67,10 +67,7 @@ class Segment:
         return cls(name, mapping, created=False)
 
     def unlink(self) -> None:
-        try:
-            _posixshmem.shm_unlink("/" + self.name)
-        except FileNotFoundError:
-            pass
+        unlink_name(self.name)
 
     def close(self) -> None:
         """Unmap; a tensor still viewing the memory keeps the mapping alive until it goes."""
@@ -78,6 +75,14 @@ class Segment:
             self.buffer.close()
         except BufferError:
             pass
+
+
+def unlink_name(name: str) -> None:
+    """Removes a segment's name; a no-op when it is already gone."""
+    try:
+        _posixshmem.shm_unlink("/" + name)
+    except FileNotFoundError:
+        pass
 
 
 class SegmentNamer:
