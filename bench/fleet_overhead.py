@@ -7,8 +7,13 @@ tensors by shared memory, seen from the SDK), alternating one run of each so
 that drift in a shared machine's speed falls on both. Prints a table of
 medians and writes JSON. Goal: fleet / diffusers <= 1.10.
 
-    python bench/fleet_overhead.py [--runs 5] [--steps 20] [--workflows txt2img controlnet]
-        [--out bench/results/fleet_overhead.json]
+The ControlNet workflow's steps go through the shared-memory step ring (the
+default); ``controlnet_grpc`` runs the same workflow on a second fleet whose
+ControlNet refuses rings (``DFLEET_STEP_RING=false``), so every step is a gRPC
+message as before the ring: name both to compare the two paths in one run.
+
+    python bench/fleet_overhead.py [--runs 5] [--steps 20]
+        [--workflows txt2img controlnet controlnet_grpc] [--out bench/results/fleet_overhead.json]
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import date
 from pathlib import Path
 from typing import TypeVar
@@ -35,7 +41,10 @@ from dfleet.local_fleet import LocalFleet  # noqa: E402
 from services.common.tiny_model import write_tiny_model  # noqa: E402
 from tests.diffusers_reference import LOAD, sample_image  # noqa: E402
 
-WORKFLOWS = ("txt2img", "controlnet")
+WORKFLOWS = ("txt2img", "controlnet", "controlnet_grpc")
+DEFAULT_WORKFLOWS = ("txt2img", "controlnet")
+# The fleet environment per workflow; the gRPC-path fleet's ControlNet refuses step rings.
+FLEET_ENV = {"controlnet_grpc": {"DFLEET_STEP_RING": "false"}}
 T = TypeVar("T")
 
 
@@ -53,7 +62,7 @@ def diffusers_pipeline(models: Path, workflow: str, steps: int, size: int
     base = models / "tiny-sd"
     kwargs = dict(prompt="a lighthouse at dusk", num_inference_steps=steps, height=size,
                   width=size, output_type="np")
-    if workflow == "controlnet":
+    if workflow.startswith("controlnet"):
         net = diffusers.ControlNetModel.from_pretrained(models / "controlnets" / "tiny-cn-a",
                                                         local_files_only=True)
         pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(base, controlnet=net,
@@ -73,7 +82,7 @@ def fleet_call(client: dfleet.Client, workflow: str, steps: int, size: int
                ) -> Callable[[int], dfleet.Result]:
     """One request of ``workflow`` per seed through the fleet, seen from the SDK."""
     params: dict[str, object] = dict(steps=steps, width=size, height=size)
-    if workflow == "controlnet":
+    if workflow.startswith("controlnet"):
         params["controlnets"] = [dfleet.ControlNet("tiny-cn-a", image=sample_image(7, size))]
 
     def call(seed: int) -> dfleet.Result:
@@ -104,19 +113,28 @@ def measure(plain: Callable[[int], object], fleet: Callable[[int], dfleet.Result
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--models", default="bench/results/models-small")
-    parser.add_argument("--workflows", nargs="+", choices=WORKFLOWS, default=list(WORKFLOWS))
-    parser.add_argument("--out", default="bench/results/fleet_overhead.json")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per workflow")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps per image")
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--models", default="bench/results/models-small",
+                        help="model tree (written with the small preset when missing)")
+    parser.add_argument("--workflows", nargs="+", choices=WORKFLOWS,
+                        default=list(DEFAULT_WORKFLOWS),
+                        help="controlnet_grpc: the ControlNet workflow without step rings")
+    parser.add_argument("--out", default="bench/results/fleet_overhead.json",
+                        help="JSON results file")
     args = parser.parse_args()
     models = ensure_model(Path(args.models))
     rows = []
     plain = {w: diffusers_pipeline(models, w, args.steps, args.size) for w in args.workflows}
-    with LocalFleet(str(models)) as fleet, dfleet.Client(fleet.gateway_address,
-                                                         timeout=600) as client:
+    with ExitStack() as stack:
+        clients: dict[str, dfleet.Client] = {}
+        for env in {json.dumps(FLEET_ENV.get(w, {})) for w in args.workflows}:
+            fleet = stack.enter_context(LocalFleet(str(models), env=json.loads(env)))
+            clients[env] = stack.enter_context(dfleet.Client(fleet.gateway_address,
+                                                             timeout=600))
         for workflow in args.workflows:
+            client = clients[json.dumps(FLEET_ENV.get(workflow, {}))]
             d_runs, f_runs, metas = measure(plain[workflow],
                                             fleet_call(client, workflow, args.steps, args.size),
                                             args.runs)
@@ -129,15 +147,18 @@ def main() -> int:
                              diffusers_step_ms=round(d / steps_run, 1),
                              fleet_denoise_ms=round(statistics.median(
                                  float(m["denoise_run_ms"]) for m in metas), 1),
+                             fleet_controlnet_wait_ms=round(statistics.median(
+                                 float(m.get("denoise_controlnet_wait_ms", 0)) for m in metas), 1),
                              diffusers_runs_ms=[round(t, 1) for t in d_runs],
                              fleet_runs_ms=[round(t, 1) for t in f_runs]))
     print(f"\nfleet vs in-process diffusers, {args.size}x{args.size}, {args.steps} steps, "
           f"median of {args.runs}, {os.cpu_count()} CPUs")
-    print(f"{'workflow':<12}{'diffusers ms':>14}{'fleet ms':>10}{'ratio':>8}{'paired':>8}"
-          f"{'step ms':>9}")
+    print(f"{'workflow':<16}{'diffusers ms':>14}{'fleet ms':>10}{'ratio':>8}{'paired':>8}"
+          f"{'step ms':>9}{'ControlNet wait ms':>20}")
     for r in rows:
-        print(f"{r['workflow']:<12}{r['diffusers_ms']:>14}{r['fleet_ms']:>10}{r['ratio']:>8}"
-              f"{r['paired_ratio']:>8}{r['diffusers_step_ms']:>9}")
+        print(f"{r['workflow']:<16}{r['diffusers_ms']:>14}{r['fleet_ms']:>10}{r['ratio']:>8}"
+              f"{r['paired_ratio']:>8}{r['diffusers_step_ms']:>9}"
+              f"{r['fleet_controlnet_wait_ms']:>20}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(date=str(date.today()), machine=platform.machine(),
