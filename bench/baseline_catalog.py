@@ -18,12 +18,13 @@ INPAINT_CHANNELS = 9
 
 @dataclass(frozen=True)
 class PipelineModel:
-    """A pipeline folder: ``kind`` is ``base`` or ``inpainting``."""
+    """A pipeline folder: ``kind`` is ``base`` or ``inpainting``; ``family`` ``sd`` or ``sdxl``."""
 
     name: str
     path: Path
     kind: str
     default_size: int
+    family: str = "sd"
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,10 @@ def _pipeline_model(path: Path) -> PipelineModel:
     sample = unet["sample_size"]
     sample = sample[0] if isinstance(sample, list) else sample
     kind = "inpainting" if unet["in_channels"] == INPAINT_CHANNELS else "base"
-    return PipelineModel(name=path.name, path=path, kind=kind, default_size=int(sample) * scale)
+    index = json.loads((path / "model_index.json").read_text())
+    family = "sdxl" if "XL" in index.get("_class_name", "") else "sd"
+    return PipelineModel(name=path.name, path=path, kind=kind, default_size=int(sample) * scale,
+                         family=family)
 
 
 def scan_catalog(root: str | Path) -> ModelCatalog:

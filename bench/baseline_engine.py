@@ -1,15 +1,19 @@
 """One worker's whole diffusers pipelines: every model of the tree, resident, run one at a time.
 
 This is the monolithic way of serving: a request's pipeline is picked by its
-workflow (txt2img, image-to-image, inpainting, each with or without ControlNets),
-its LoRAs are loaded when it arrives and unloaded after, and its progress is
-reported from the pipeline's step callback.
+model's family (SD1.5-style or SDXL) and its workflow (txt2img, image-to-image,
+inpainting, each with or without ControlNets), its LoRAs are loaded with
+diffusers' API when it arrives, and its progress is reported from the
+pipeline's step callback. With ``lora_cache`` 0 a request's LoRAs are unloaded
+after it; otherwise (the baseline's best case) up to that many stay loaded per
+model, least recently used out, and a request activates only its own.
 """
 
 from __future__ import annotations
 
 import io
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -17,12 +21,19 @@ import numpy as np
 import torch
 from diffusers import (
     ControlNetModel,
+    DiffusionPipeline,
     StableDiffusionControlNetImg2ImgPipeline,
     StableDiffusionControlNetInpaintPipeline,
     StableDiffusionControlNetPipeline,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLControlNetImg2ImgPipeline,
+    StableDiffusionXLControlNetInpaintPipeline,
+    StableDiffusionXLControlNetPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
 )
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
@@ -31,15 +42,22 @@ from transformers.utils import logging as transformers_logging
 from bench.baseline_catalog import ModelCatalog
 from bench.baseline_requests import Job, Output, encode_png
 
-# (workflow, with ControlNet) -> pipeline class built from a model's components
-_PIPELINES: dict[tuple[str, bool], Any] = {
-    ("txt2img", False): StableDiffusionPipeline,
-    ("img2img", False): StableDiffusionImg2ImgPipeline,
-    ("inpaint", False): StableDiffusionInpaintPipeline,
-    ("txt2img", True): StableDiffusionControlNetPipeline,
-    ("img2img", True): StableDiffusionControlNetImg2ImgPipeline,
-    ("inpaint", True): StableDiffusionControlNetInpaintPipeline,
+# (family, workflow, with ControlNet) -> pipeline class built from a model's components
+_PIPELINES: dict[tuple[str, str, bool], Any] = {
+    ("sd", "txt2img", False): StableDiffusionPipeline,
+    ("sd", "img2img", False): StableDiffusionImg2ImgPipeline,
+    ("sd", "inpaint", False): StableDiffusionInpaintPipeline,
+    ("sd", "txt2img", True): StableDiffusionControlNetPipeline,
+    ("sd", "img2img", True): StableDiffusionControlNetImg2ImgPipeline,
+    ("sd", "inpaint", True): StableDiffusionControlNetInpaintPipeline,
+    ("sdxl", "txt2img", False): StableDiffusionXLPipeline,
+    ("sdxl", "img2img", False): StableDiffusionXLImg2ImgPipeline,
+    ("sdxl", "inpaint", False): StableDiffusionXLInpaintPipeline,
+    ("sdxl", "txt2img", True): StableDiffusionXLControlNetPipeline,
+    ("sdxl", "img2img", True): StableDiffusionXLControlNetImg2ImgPipeline,
+    ("sdxl", "inpaint", True): StableDiffusionXLControlNetInpaintPipeline,
 }
+_SD_ONLY = {"safety_checker": None, "requires_safety_checker": False}
 
 StepCallback = Callable[[int, int, "torch.Tensor | None"], None]
 
@@ -51,15 +69,17 @@ def _decode(data: bytes) -> Image.Image:
 class PipelineSet:
     """Loads every pipeline folder and ControlNet of ``catalog`` once."""
 
-    def __init__(self, catalog: ModelCatalog) -> None:
+    def __init__(self, catalog: ModelCatalog, lora_cache: int = 0) -> None:
         diffusers_logging.disable_progress_bar()
         diffusers_logging.set_verbosity_error()
         transformers_logging.disable_progress_bar()
         self.catalog = catalog
+        self.lora_cache = lora_cache
+        self._loaded: OrderedDict[tuple[str, str], None] = OrderedDict()  # (model, LoRA), LRU
         self.components = {
-            name: StableDiffusionPipeline.from_pretrained(
-                model.path, local_files_only=True, safety_checker=None,
-                requires_safety_checker=False).components
+            name: DiffusionPipeline.from_pretrained(
+                model.path, local_files_only=True,
+                **(_SD_ONLY if model.family == "sd" else {})).components
             for name, model in catalog.models.items()
         }
         self.controlnets = {name: ControlNetModel.from_pretrained(path, local_files_only=True)
@@ -70,8 +90,9 @@ class PipelineSet:
         """The pipeline object for this combination, built from resident components once."""
         key = (model, workflow, controlnets)
         if key not in self._built:
-            cls = _PIPELINES[(workflow, bool(controlnets))]
-            extra: dict[str, Any] = {"requires_safety_checker": False}
+            family = self.catalog.models[model].family
+            cls = _PIPELINES[(family, workflow, bool(controlnets))]
+            extra: dict[str, Any] = {"requires_safety_checker": False} if family == "sd" else {}
             if controlnets:
                 nets = [self.controlnets[n] for n in controlnets]
                 extra["controlnet"] = nets[0] if len(nets) == 1 else nets
@@ -85,12 +106,15 @@ class PipelineSet:
         names = tuple(cn.name for cn in job.controlnets)
         pipe = self.pipeline(job.model, job.workflow, names)
         started = time.perf_counter()
-        self._load_loras(pipe, job.loras)
+        if self.lora_cache:
+            self._activate_cached_loras(pipe, job.model, job.loras)
+        else:
+            self._load_loras(pipe, job.loras)
         lora_ms = (time.perf_counter() - started) * 1000
         try:
             images = pipe(**self._arguments(job, pipe, on_step)).images
         finally:
-            if job.loras:
+            if job.loras and not self.lora_cache:
                 pipe.unload_lora_weights()
         pixels = np.ascontiguousarray(images[0], dtype=np.float32)
         run_ms = (time.perf_counter() - started) * 1000
@@ -113,9 +137,35 @@ class PipelineSet:
         if not loras:
             return
         for name, _ in loras:
-            pipe.unet.load_lora_adapter(str(self.catalog.loras[name]), prefix="unet",
-                                        adapter_name=name)
+            # the pipeline's loader reads the file's adapter metadata (lora_alpha); the
+            # UNet's own load_lora_adapter would ignore it and scale the LoRA wrongly
+            pipe.load_lora_weights(str(self.catalog.loras[name]), adapter_name=name)
         pipe.set_adapters([n for n, _ in loras], [s for _, s in loras])
+
+    def _activate_cached_loras(self, pipe: Any, model: str,
+                               loras: tuple[tuple[str, float], ...]) -> None:
+        """Loads what is missing (evicting the least recently used beyond ``lora_cache``,
+        never one this request uses) and activates this request's LoRAs alone."""
+        for name, _ in loras:
+            key = (model, name)
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                continue
+            # the pipeline's loader reads the file's adapter metadata (lora_alpha); the
+            # UNet's own load_lora_adapter would ignore it and scale the LoRA wrongly
+            pipe.load_lora_weights(str(self.catalog.loras[name]), adapter_name=name)
+            self._loaded[key] = None
+        wanted = {(model, name) for name, _ in loras}
+        mine = [key for key in self._loaded if key[0] == model]
+        for key in mine[:max(0, len(mine) - max(self.lora_cache, len(wanted)))]:
+            if key not in wanted:
+                pipe.unet.delete_adapters([key[1]])
+                del self._loaded[key]
+        if loras:
+            pipe.unet.enable_lora()
+            pipe.unet.set_adapters([n for n, _ in loras], [s for _, s in loras])
+        elif any(key[0] == model for key in self._loaded):
+            pipe.unet.disable_lora()
 
     def _arguments(self, job: Job, pipe: Any, on_step: StepCallback) -> dict[str, Any]:
         def callback(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -47,7 +47,7 @@ class WorkerPool:
     """``workers`` processes with ``threads`` torch threads each, over one model tree."""
 
     def __init__(self, models_dir: str, workers: int, threads: int, slots: int = 4096,
-                 result_ttl_s: float = 300.0) -> None:
+                 result_ttl_s: float = 300.0, lora_cache: int = 0) -> None:
         ctx = mp.get_context("spawn")
         self._jobs = ctx.Queue()
         self._events = ctx.Queue()
@@ -59,7 +59,7 @@ class WorkerPool:
         self._ready: set[int] = set()
         self._stopping = False
         self._procs = [ctx.Process(target=worker_main, name=f"baseline-worker-{i}", daemon=True,
-                                   args=(WorkerSpec(i, models_dir, threads), self._jobs,
+                                   args=(WorkerSpec(i, models_dir, threads, lora_cache), self._jobs,
                                          self._events, self._cancel))
                        for i in range(workers)]
         self._router = threading.Thread(target=self._route, name="baseline-router", daemon=True)

@@ -19,10 +19,12 @@ class BaselineProcess:
     """``with BaselineProcess(models_dir, workers=2) as server: server.address``."""
 
     def __init__(self, models_dir: str | Path, workers: int = 1, threads: int = 1,
-                 start_timeout_s: float = 180.0, log_path: str | Path | None = None) -> None:
+                 start_timeout_s: float = 180.0, log_path: str | Path | None = None,
+                 lora_cache: int = 0) -> None:
         self.models_dir = str(models_dir)
         self.workers = workers
         self.threads = threads
+        self.lora_cache = lora_cache
         self.start_timeout_s = start_timeout_s
         self.log_path = log_path
         self.address = ""
@@ -38,6 +40,7 @@ class BaselineProcess:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "bench.baseline_server", "--models-dir", self.models_dir,
              "--workers", str(self.workers), "--threads", str(self.threads),
+             "--lora-cache", str(self.lora_cache),
              "--ready-file", str(ready)],
             cwd=ROOT, env=env, stdout=log, stderr=log)
         deadline = time.monotonic() + self.start_timeout_s

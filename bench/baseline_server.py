@@ -49,6 +49,7 @@ class BaselineSettings:
     port: int = 0  # 0 = any free port; the bound address goes to stdout and --ready-file
     workers: int = 1  # worker processes, each with every pipeline resident
     threads: int = 1  # torch threads per worker
+    lora_cache: int = 0  # LoRAs each worker keeps loaded per model (LRU); 0 = per request
     max_streams: int = 256  # concurrent RPCs the server's thread pool serves
     ready_file: str = ""  # JSON {"address": ...} written once every worker has loaded
 
@@ -176,7 +177,8 @@ def _abort(context: grpc.ServicerContext, error: RequestError) -> NoReturn:
 def serve(settings: BaselineSettings, stop: threading.Event) -> None:
     """Runs until ``stop`` is set."""
     catalog = scan_catalog(settings.models_dir)
-    pool = WorkerPool(settings.models_dir, settings.workers, settings.threads)
+    pool = WorkerPool(settings.models_dir, settings.workers, settings.threads,
+                      lora_cache=settings.lora_cache)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_streams),
                          options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
@@ -185,7 +187,8 @@ def serve(settings: BaselineSettings, stop: threading.Event) -> None:
     pool.start()
     server.start()
     ready = {"address": f"{settings.host}:{port}", "pid": os.getpid(),
-             "workers": settings.workers, "threads": settings.threads}
+             "workers": settings.workers, "threads": settings.threads,
+             "lora_cache": settings.lora_cache}
     if settings.ready_file:
         tmp = Path(settings.ready_file + ".tmp")
         tmp.write_text(json.dumps(ready))
@@ -204,11 +207,16 @@ def parse_settings(argv: list[str] | None = None) -> BaselineSettings:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--lora-cache", type=int, default=0,
+                        help="LoRAs each worker keeps loaded per model, least recently used "
+                             "out; 0 = load a request's LoRAs for it and unload them after")
     parser.add_argument("--max-streams", type=int, default=256)
     parser.add_argument("--ready-file", default="")
     args = parser.parse_args(argv)
     if args.workers < 1 or args.threads < 1:
         parser.error("--workers and --threads must be at least 1")
+    if args.lora_cache < 0:
+        parser.error("--lora-cache must be >= 0")
     if not Path(args.models_dir).is_dir():
         parser.error(f"--models-dir {args.models_dir} is not a folder")
     return BaselineSettings(**vars(args))

@@ -24,6 +24,7 @@ class WorkerSpec:
     index: int
     models_dir: str
     threads: int
+    lora_cache: int = 0  # LoRAs kept loaded per model; 0 = loaded per request
 
 
 class Stopped(Exception):
@@ -57,7 +58,7 @@ def worker_main(spec: WorkerSpec, jobs: Any, events: Any, cancel_flags: Any) -> 
     from bench.baseline_engine import PipelineSet
 
     torch.set_num_threads(spec.threads)
-    engine = PipelineSet(scan_catalog(spec.models_dir))
+    engine = PipelineSet(scan_catalog(spec.models_dir), spec.lora_cache)
     events.put(("ready", "", spec.index))
     while True:
         item = jobs.get()

@@ -88,9 +88,9 @@ def measure(root: Path, runs: int, steps: int, size: int) -> dict[str, Any]:
         load = []
         for i in range(max(2, runs // 2)):
             start = time.perf_counter()
-            unet.load_lora_adapter(path, prefix="unet", adapter_name=f"a{i}")
+            pipe.load_lora_weights(path, adapter_name=f"a{i}")
             load.append((time.perf_counter() - start) * 1e3)
-            unet.delete_adapters([f"a{i}"])
+            pipe.delete_adapters([f"a{i}"])
         loras[kind] = {"load_ms": statistics.median(load), "keys": info["keys"],
                        "bytes": info["nbytes"]}
     out["loras"] = loras
@@ -100,7 +100,7 @@ def measure(root: Path, runs: int, steps: int, size: int) -> dict[str, Any]:
     first_lora = str(root / "loras" / f"{tree['loras'][0]}.safetensors")
 
     def with_lora() -> None:
-        cn_pipe.unet.load_lora_adapter(first_lora, prefix="unet", adapter_name="req")
+        cn_pipe.load_lora_weights(first_lora, adapter_name="req")
         cn_pipe(image=image, **args)
         cn_pipe.unload_lora_weights()
 

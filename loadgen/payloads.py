@@ -70,12 +70,12 @@ def request_params(req: ScheduledRequest, work: WorkloadSpec) -> dfleet.Generate
         "model": work.model, "width": work.width or None, "height": work.height or None,
         "steps": work.steps, "guidance_scale": work.guidance, "seed": req.seed,
     }
-    if req.workflow == "controlnet":
+    if req.workflow in ("controlnet", "controlnet_lora"):
         params["controlnets"] = [dfleet.ControlNet(req.controlnet, control_png(width, height),
                                                    scale=work.controlnet_scale)]
-    elif req.workflow == "lora":
+    if req.workflow in ("lora", "controlnet_lora"):
         params["loras"] = [dfleet.Lora(req.lora, scale=work.lora_scale)]
-    elif req.workflow == "img2img":
+    if req.workflow == "img2img":
         params["image"] = scene_png(width, height)
         params["strength"] = work.strength
     elif req.workflow == "edit":

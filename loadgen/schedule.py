@@ -89,8 +89,8 @@ def build_schedule(spec: ScheduleSpec) -> list[ScheduledRequest]:
             lora = row.lora
         schedule.append(ScheduledRequest(
             index=i, at=round(float(at), 6), workflow=workflow, seed=seed, prompt=prompt,
-            lora=lora if workflow == "lora" else "",
-            controlnet=controlnet if workflow == "controlnet" else "",
+            lora=lora if workflow in ("lora", "controlnet_lora") else "",
+            controlnet=controlnet if workflow in ("controlnet", "controlnet_lora") else "",
             mask_ratio=round(mask_ratio, 2) if workflow == "edit" else 0.0,
             slo_s=work.slo(workflow)))
     if not schedule:

@@ -2,7 +2,8 @@
 
 Workflows: ``txt2img``; ``controlnet`` (one ControlNet drawn from the list);
 ``lora`` (one LoRA drawn by its popularity); ``img2img``; ``edit`` (an inpainting
-edit whose mask covers a drawn fraction of the image).
+edit whose mask covers a drawn fraction of the image); ``controlnet_lora`` (one of
+each).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-WORKFLOWS = ("txt2img", "controlnet", "lora", "img2img", "edit")
+WORKFLOWS = ("txt2img", "controlnet", "lora", "img2img", "edit", "controlnet_lora")
 DEFAULT_SLO_S = 10.0
 
 
@@ -45,9 +46,10 @@ class WorkloadSpec:
             raise ValueError(f"SLO for unknown workflow(s) {bad_slo}")
         if any(not s > 0 for s in self.slos.values()):
             raise ValueError("SLOs must be > 0 seconds")
-        if self.mix.get("lora", 0) > 0 and not self.loras:
+        if (self.mix.get("lora", 0) or self.mix.get("controlnet_lora", 0)) and not self.loras:
             raise ValueError("the mix has lora requests but no LoRA names were given")
-        if self.mix.get("controlnet", 0) > 0 and not self.controlnets:
+        if ((self.mix.get("controlnet", 0) or self.mix.get("controlnet_lora", 0))
+                and not self.controlnets):
             raise ValueError("the mix has controlnet requests but no ControlNet names were given")
         lo, hi = self.mask_ratio
         if not 0 < lo <= hi <= 1:

@@ -92,7 +92,11 @@ def controlnet_process(models: Path, *flags: str) -> Iterator[ControlNetProcess]
     finally:
         if process.poll() is None:
             process.terminate()
-            process.wait(30)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:  # a very busy machine: not what is tested here
+                process.kill()
+                process.wait(30)
 
 
 @dataclass
