@@ -23,12 +23,20 @@ from dfleet.events import (
                            Result,
                            Template,
 )
-from dfleet.inputs import SCHEDULERS, Approximations, ControlNet, GenerateParams, Lora
+from dfleet.inputs import (
+    SCHEDULERS,
+    Approximations,
+    ControlNet,
+    GenerateParams,
+    IpAdapter,
+    Lora,
+)
 
 __all__ = [
     "SCHEDULERS",
     "Approximations", "AsyncClient", "Cancelled", "Client", "ControlNet", "DeadlineExceeded",
     "Event", "FleetError", "GenerateParams", "GeneratedImage", "Internal", "InvalidArgument",
+    "IpAdapter",
     "Lora", "ModelInfo",
     "NotFound", "Progress", "Queued", "RequestState", "RequestStatus", "ResourceExhausted",
     "Result", "Template", "Unavailable",

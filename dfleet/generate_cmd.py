@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from dfleet.inputs import SCHEDULERS, ControlNet, Lora
+from dfleet.inputs import SCHEDULERS, ControlNet, IpAdapter, Lora
 
 
 def _controlnet(spec: str) -> ControlNet:
@@ -18,6 +18,19 @@ def _controlnet(spec: str) -> ControlNet:
     if not Path(parts[1]).is_file():
         raise argparse.ArgumentTypeError(f"control image {parts[1]!r} does not exist")
     return ControlNet(parts[0], image=parts[1], scale=scale)
+
+
+def _ip_adapter(spec: str) -> IpAdapter:
+    parts = spec.split(":")
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"want NAME:IMAGE[:SCALE], got {spec!r}")
+    if not Path(parts[1]).is_file():
+        raise argparse.ArgumentTypeError(f"image {parts[1]!r} does not exist")
+    try:
+        return IpAdapter(parts[0], image=parts[1], scale=float(parts[2]) if len(parts) == 3
+                         else 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want NAME:IMAGE[:SCALE], got {spec!r}") from None
 
 
 def _lora(spec: str) -> Lora:
@@ -57,6 +70,10 @@ def add_generate_parser(sub: argparse._SubParsersAction,  # type: ignore[type-ar
     p.add_argument("--strength", type=float, default=None,
                    help="how far image-to-image departs from --image, 0..1 (default: the "
                         "gateway's)")
+    p.add_argument("--ip-adapter", type=_ip_adapter, action="append", default=[],
+                   metavar="NAME:IMAGE[:SCALE]",
+                   help="an image prompt through an IP-Adapter, scale 0..2 (default 1); "
+                        "repeat for several")
     p.add_argument("--scheduler", default="",
                    help=f"sampler: {', '.join(SCHEDULERS)} (default: the model's own)")
     p.add_argument("--num-images", type=int, default=1,
@@ -131,7 +148,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                   guidance_scale=args.guidance_scale, seed=args.seed, width=args.width,
                   height=args.height, controlnets=args.controlnet, loras=args.lora,
                   image=args.image, mask=args.mask, strength=args.strength,
-                  scheduler=args.scheduler, num_images=args.num_images)
+                  scheduler=args.scheduler, num_images=args.num_images,
+                  ip_adapters=args.ip_adapter)
     params = {k: v for k, v in params.items() if v not in (None, "", [])}
     try:
         with dfleet.Client(address, timeout=args.timeout) as client:

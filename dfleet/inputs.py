@@ -38,6 +38,15 @@ class ControlNet:
 
 
 @dataclass(frozen=True)
+class IpAdapter:
+    """An image prompt through one of the fleet's IP-Adapters; ``scale`` in [0, 2]."""
+
+    name: str
+    image: ImageLike
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class Lora:
     """One LoRA of a request; the fleet reads a scale of 0 as 1.0."""
 
@@ -67,6 +76,7 @@ class GenerateParams(TypedDict, total=False):
     seed: int | None
     controlnets: list[ControlNet] | tuple[ControlNet, ...]
     loras: list[Lora] | tuple[Lora, ...]
+    ip_adapters: list[IpAdapter] | tuple[IpAdapter, ...]
     image: ImageLike | None
     mask: ImageLike | None
     strength: float | None
@@ -137,6 +147,9 @@ def build_request(prompt: str, params: GenerateParams) -> gateway_pb2.GenerateRe
             guidance_start=cn.guidance_start, guidance_end=cn.guidance_end))
     for lora in params.get("loras", ()):
         request.loras.append(gateway_pb2.LoraInput(name=lora.name, scale=lora.scale))
+    for adapter in params.get("ip_adapters", ()):
+        request.ip_adapters.append(gateway_pb2.IpAdapterInput(
+            name=adapter.name, image=_image_input(adapter.image), scale=adapter.scale))
     image, mask = params.get("image"), params.get("mask")
     if image is not None:
         request.image.CopyFrom(_image_input(image))

@@ -22,7 +22,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-ROLES = ("text_encoder", "vae", "lora_cache", "controlnet", "denoiser", "gateway")
+ROLES = ("text_encoder", "image_encoder", "vae", "lora_cache", "controlnet", "denoiser",
+         "gateway")
 
 
 def free_port() -> int:

@@ -52,7 +52,8 @@ def reference_images(models: Path, *, prompt: str, seed: int, steps: int = 20,
                      height: int = 64, controlnets: list[tuple[str, PIL.Image.Image, float]] = (),
                      loras: list[tuple[str, float]] = (), image: PIL.Image.Image | None = None,
                      mask: PIL.Image.Image | None = None, strength: float | None = None,
-                     model: str = "tiny-sd", scheduler: str = "", num_images: int = 1
+                     model: str = "tiny-sd", scheduler: str = "", num_images: int = 1,
+                     ip_adapters: list[tuple[str, PIL.Image.Image, float]] = ()
                      ) -> np.ndarray:
     """Float images [num_images, H, W, 3] in [0, 1] of the matching diffusers pipeline, image
     i drawn with generator seed + i."""
@@ -90,6 +91,14 @@ def reference_images(models: Path, *, prompt: str, seed: int, steps: int = 20,
         if name == "DPMSolverSDEScheduler":
             overrides = {**overrides, "noise_sampler_seed": seed}
         pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **overrides)
+    if ip_adapters:
+        folders = [str(models / "ip_adapters" / name) for name, _, _ in ip_adapters]
+        pipe.load_ip_adapter(folders, subfolder=[""] * len(folders),
+                             weight_name=["ip-adapter.safetensors"] * len(folders),
+                             image_encoder_folder="image_encoder")
+        pipe.set_ip_adapter_scale([s for _, _, s in ip_adapters])
+        pictures = [img for _, img, _ in ip_adapters]
+        common["ip_adapter_image"] = pictures if len(pictures) > 1 else pictures[0]
     if loras:
         for name, _ in loras:
             pipe.load_lora_weights(str(models / "loras" / f"{name}.safetensors"),

@@ -4,7 +4,9 @@ ControlNet replicas (every service its own process, tensors by shared memory).
 Covers: with ``cfg_parallel`` the request's unconditional pass runs on the second denoiser
 (reported in the metadata) and the image equals the one-replica image and the plain diffusers
 pipeline (<= 1e-5) for text-to-image, ControlNet + LoRA (the partner runs its own ControlNet
-stream and merges the LoRA too), image-to-image and inpainting; two CFG-parallel requests
+stream and merges the LoRA too), image-to-image, inpainting, and an IP-Adapter with a
+ControlNet (the partner builds both for its rows, zero image embeddings being the
+unconditional ones); two CFG-parallel requests
 started at once in opposite directions (each replica the other's partner) both finish exact;
 without guidance the switch is a no-op; the two ControlNets of one request run on the two
 ControlNet replicas, each of which then holds one of them.
@@ -37,6 +39,9 @@ CASES: dict[str, dict[str, Any]] = {
                     strength=0.7),
     "inpaint": dict(prompt="a cat on a sofa", seed=51, steps=10, image=INIT, mask=MASK,
                     model="tiny-sd-inpainting"),
+    "ip_adapter_controlnet": dict(prompt="a house", seed=23, steps=10,
+                                  ip_adapters=[("tiny-ip-adapter", CN_B, 0.9)],
+                                  controlnets=[("tiny-cn-a", CN_A, 0.9)]),
 }
 
 
@@ -58,6 +63,8 @@ def _generate(address: str, spec: dict[str, Any],
     kwargs["controlnets"] = [dfleet.ControlNet(n, image=img, scale=s)
                              for n, img, s in kwargs.pop("controlnets", [])]
     kwargs["loras"] = [dfleet.Lora(n, scale=s) for n, s in kwargs.pop("loras", [])]
+    kwargs["ip_adapters"] = [dfleet.IpAdapter(n, image=img, scale=s)
+                             for n, img, s in kwargs.pop("ip_adapters", [])]
     with dfleet.Client(address, timeout=120) as client:
         result = client.generate(return_pixels=True, approximations=approximations, **kwargs)
     assert result.pixels is not None

@@ -74,18 +74,36 @@ class DenoiseRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., negative_prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., mask: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., masked_image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., scheduler: _Optional[str] = ..., num_images: _Optional[int] = ..., addons: _Optional[_Union[Addons, _Mapping]] = ...) -> None: ...
 
 class Addons(_message.Message):
-    __slots__ = ("lora", "controlnet", "cfg_partner", "template_edit", "preview")
+    __slots__ = ("lora", "controlnet", "cfg_partner", "template_edit", "preview", "ip_adapter")
     LORA_FIELD_NUMBER: _ClassVar[int]
     CONTROLNET_FIELD_NUMBER: _ClassVar[int]
     CFG_PARTNER_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_EDIT_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_FIELD_NUMBER: _ClassVar[int]
+    IP_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     lora: LoraPatch
     controlnet: ControlNets
     cfg_partner: CfgPartner
     template_edit: TemplateEditSpec
     preview: Preview
-    def __init__(self, lora: _Optional[_Union[LoraPatch, _Mapping]] = ..., controlnet: _Optional[_Union[ControlNets, _Mapping]] = ..., cfg_partner: _Optional[_Union[CfgPartner, _Mapping]] = ..., template_edit: _Optional[_Union[TemplateEditSpec, _Mapping]] = ..., preview: _Optional[_Union[Preview, _Mapping]] = ...) -> None: ...
+    ip_adapter: IpAdapters
+    def __init__(self, lora: _Optional[_Union[LoraPatch, _Mapping]] = ..., controlnet: _Optional[_Union[ControlNets, _Mapping]] = ..., cfg_partner: _Optional[_Union[CfgPartner, _Mapping]] = ..., template_edit: _Optional[_Union[TemplateEditSpec, _Mapping]] = ..., preview: _Optional[_Union[Preview, _Mapping]] = ..., ip_adapter: _Optional[_Union[IpAdapters, _Mapping]] = ...) -> None: ...
+
+class IpAdapters(_message.Message):
+    __slots__ = ("adapters",)
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    adapters: _containers.RepeatedCompositeFieldContainer[IpAdapterAttachment]
+    def __init__(self, adapters: _Optional[_Iterable[_Union[IpAdapterAttachment, _Mapping]]] = ...) -> None: ...
+
+class IpAdapterAttachment(_message.Message):
+    __slots__ = ("name", "scale", "image_embeds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_EMBEDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    scale: float
+    image_embeds: _tensor_pb2.TensorRef
+    def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ..., image_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ...) -> None: ...
 
 class LoraPatch(_message.Message):
     __slots__ = ("loras", "async_steps")

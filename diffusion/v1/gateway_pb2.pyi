@@ -43,6 +43,16 @@ class ControlNetInput(_message.Message):
     guidance_end: float
     def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageInput, _Mapping]] = ..., scale: _Optional[float] = ..., guidance_start: _Optional[float] = ..., guidance_end: _Optional[float] = ...) -> None: ...
 
+class IpAdapterInput(_message.Message):
+    __slots__ = ("name", "image", "scale")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    image: ImageInput
+    scale: float
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageInput, _Mapping]] = ..., scale: _Optional[float] = ...) -> None: ...
+
 class LoraInput(_message.Message):
     __slots__ = ("name", "scale")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -64,7 +74,7 @@ class Approximations(_message.Message):
     def __init__(self, lora_async_steps: _Optional[int] = ..., stale_controlnet: _Optional[bool] = ..., activation_cache: _Optional[bool] = ..., cfg_parallel: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "has_guidance_scale", "seed", "controlnets", "loras", "image", "mask", "strength", "preview", "approximations", "template_id", "return_pixels", "scheduler", "num_images")
+    __slots__ = ("request_id", "model", "prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "has_guidance_scale", "seed", "controlnets", "loras", "image", "mask", "strength", "preview", "approximations", "template_id", "return_pixels", "scheduler", "num_images", "ip_adapters")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +96,7 @@ class GenerateRequest(_message.Message):
     RETURN_PIXELS_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    IP_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt: str
@@ -107,7 +118,8 @@ class GenerateRequest(_message.Message):
     return_pixels: bool
     scheduler: str
     num_images: int
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., has_guidance_scale: _Optional[bool] = ..., seed: _Optional[int] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetInput, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[LoraInput, _Mapping]]] = ..., image: _Optional[_Union[ImageInput, _Mapping]] = ..., mask: _Optional[_Union[ImageInput, _Mapping]] = ..., strength: _Optional[float] = ..., preview: _Optional[bool] = ..., approximations: _Optional[_Union[Approximations, _Mapping]] = ..., template_id: _Optional[str] = ..., return_pixels: _Optional[bool] = ..., scheduler: _Optional[str] = ..., num_images: _Optional[int] = ...) -> None: ...
+    ip_adapters: _containers.RepeatedCompositeFieldContainer[IpAdapterInput]
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., has_guidance_scale: _Optional[bool] = ..., seed: _Optional[int] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetInput, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[LoraInput, _Mapping]]] = ..., image: _Optional[_Union[ImageInput, _Mapping]] = ..., mask: _Optional[_Union[ImageInput, _Mapping]] = ..., strength: _Optional[float] = ..., preview: _Optional[bool] = ..., approximations: _Optional[_Union[Approximations, _Mapping]] = ..., template_id: _Optional[str] = ..., return_pixels: _Optional[bool] = ..., scheduler: _Optional[str] = ..., num_images: _Optional[int] = ..., ip_adapters: _Optional[_Iterable[_Union[IpAdapterInput, _Mapping]]] = ...) -> None: ...
 
 class Queued(_message.Message):
     __slots__ = ("position",)

@@ -1,8 +1,10 @@
 """Local diffusers-format model folders and LoRA files; nothing is fetched from a hub.
 
 A models folder holds base pipelines (folders with ``model_index.json``),
-ControlNets under ``controlnets/`` and LoRA ``.safetensors`` files under
-``loras/``. Names are folder / file stems. Weights load only from safetensors:
+ControlNets under ``controlnets/``, LoRA ``.safetensors`` files under
+``loras/`` and IP-Adapters under ``ip_adapters/NAME/`` (the adapter's
+``.safetensors`` file beside its ``image_encoder/`` folder, as they are
+published). Names are folder / file stems. Weights load only from safetensors:
 a component that has nothing but pickled weights is refused.
 
 The model classes are imported with this module, not on first use: the
@@ -22,7 +24,8 @@ from typing import Any
 import diffusers
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from safetensors import safe_open
+from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from services.common.errors import FailedPrecondition, NotFound
 
@@ -32,7 +35,7 @@ PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    kind: str  # "base", "inpainting", "controlnet", "lora"
+    kind: str  # "base", "inpainting", "controlnet", "lora", "ip_adapter"
     path: Path
     default_size: int = 0  # image side in pixels; 0 for LoRAs
 
@@ -62,6 +65,8 @@ class ModelStore:
             raise FailedPrecondition(f"models folder {self.root} does not exist",
                                      field="models_dir")
         self._entries = self._scan()
+        self._ip_widths: dict[Path, int] = {}
+        self._lock = threading.Lock()
 
     def _scan(self) -> dict[str, ModelEntry]:
         entries: dict[str, ModelEntry] = {}
@@ -78,6 +83,9 @@ class ModelStore:
             entries[folder.name] = ModelEntry(folder.name, "controlnet", folder)
         for file in sorted((self.root / "loras").glob("*.safetensors")):
             entries[file.stem] = ModelEntry(file.stem, "lora", file)
+        for sub in sorted((self.root / "ip_adapters").glob("*/image_encoder/config.json")):
+            folder = sub.parent.parent
+            entries[folder.name] = ModelEntry(folder.name, "ip_adapter", folder)
         return entries
 
     def entries(self, kind: str | None = None) -> list[ModelEntry]:
@@ -120,6 +128,44 @@ class ModelStore:
         folder = self.get(name, ("controlnet",), field="controlnets.name").path
         _check_safetensors(folder)
         return ControlNetModel.from_pretrained(
+            folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True).eval()
+
+    def ip_adapter_file(self, name: str) -> Path:
+        """The adapter's weights: the one ``.safetensors`` file of its folder."""
+        folder = self.get(name, ("ip_adapter",), field="ip_adapters.name").path
+        files = sorted(folder.glob("*.safetensors"))
+        if len(files) != 1:
+            raise FailedPrecondition(f"IP-Adapter {name!r} needs exactly one .safetensors file "
+                                     f"in {folder}, found {len(files)}", field="ip_adapters.name")
+        return files[0]
+
+    def ip_adapter_width(self, name: str) -> int:
+        """The text-embedding width an IP-Adapter's image tokens have: its base model's."""
+        path = self.ip_adapter_file(name)
+        with self._lock:
+            width = self._ip_widths.get(path)
+        if width is None:
+            with safe_open(str(path), framework="pt") as f:
+                if "image_proj.proj.weight" not in f.keys():
+                    raise FailedPrecondition(
+                        f"IP-Adapter {name!r} has no linear image projection (the original "
+                        "IP-Adapter layout); other layouts are not served",
+                        field="ip_adapters.name")
+                width = int(f.get_slice("image_proj.proj.weight").get_shape()[0]) // 4
+            with self._lock:
+                self._ip_widths[path] = width
+        return width
+
+    def cross_attention_dim(self, name: str) -> int:
+        """The text-embedding width model ``name``'s UNet attends to."""
+        dim = _read_json(self.pipeline(name).path / "unet" / "config.json")["cross_attention_dim"]
+        return int(dim if isinstance(dim, int) else dim[0])
+
+    def load_image_encoder(self, name: str, dtype: torch.dtype = torch.float32) -> Any:
+        """The image encoder of IP-Adapter ``name``."""
+        folder = self.get(name, ("ip_adapter",), field="ip_adapters.name").path / "image_encoder"
+        _check_safetensors(folder)
+        return CLIPVisionModelWithProjection.from_pretrained(
             folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True).eval()
 
     def scheduler_config(self, name: str) -> dict[str, Any]:

@@ -7,6 +7,8 @@ Layout of the tree (the same one :mod:`services.common.model_store` reads):
     ROOT/controlnets/tiny-cn-a/   ControlNet derived from tiny-sd's UNet, outputs re-randomised
     ROOT/controlnets/tiny-cn-b/
     ROOT/loras/tiny-lora-r4.safetensors, tiny-lora-r8.safetensors
+    ROOT/ip_adapters/tiny-ip-adapter/  IP-Adapter weights (the published file layout) beside
+                                  its image encoder (a CLIP vision model with projection)
 
 Nothing is downloaded: the tokenizer is a byte-level CLIP vocabulary built here.
 """
@@ -151,6 +153,43 @@ def _save_lora(path: Path, unet, rank: int, targets: list[str], seed: int) -> No
     )
 
 
+def _save_ip_adapter(folder: Path, unet, preset: TinyPreset, encoder_seed: int,  # type: ignore[no-untyped-def]
+                     seed: int) -> None:
+    """An IP-Adapter as it is published: ``image_proj.*`` (the image-embedding projection to
+    4 tokens) and ``ip_adapter.{1,3,...}.to_{k,v}_ip.weight`` (one pair per cross-attention
+    layer, in the UNet's processor order), beside its image encoder."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(encoder_seed)
+    width = preset.text_hidden
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=width, intermediate_size=2 * width, projection_dim=width,
+        num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)).eval()
+    encoder.save_pretrained(folder / "image_encoder", safe_serialization=True)
+    torch.manual_seed(seed)
+    cross, tokens = unet.config.cross_attention_dim, 4
+    tensors = {"image_proj.proj.weight": torch.randn(tokens * cross, width) * 0.2,
+               "image_proj.proj.bias": torch.randn(tokens * cross) * 0.1,
+               "image_proj.norm.weight": 1 + torch.randn(cross) * 0.1,
+               "image_proj.norm.bias": torch.randn(cross) * 0.1}
+    channels = list(unet.config.block_out_channels)
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = channels[int(name[len("down_blocks.")])]
+        for kind in ("k", "v"):
+            tensors[f"ip_adapter.{key_id}.to_{kind}_ip.weight"] = torch.randn(hidden, cross) * 0.3
+        key_id += 2
+    save_file(tensors, str(folder / "ip-adapter.safetensors"))
+
+
 def write_tiny_model(root: str | Path, seed: int = 0, preset: str = "tiny") -> Path:
     """Writes the whole tree under ``root`` (created if needed) and returns it."""
     p = PRESETS[preset]
@@ -172,6 +211,9 @@ def write_tiny_model(root: str | Path, seed: int = 0, preset: str = "tiny") -> P
                seed + 1)
     _save_lora(loras / "tiny-lora-r8.safetensors", unet, 8, ["to_k", "to_v", "proj_in", "proj_out"],
                seed + 2)
+    for i, name in enumerate(("tiny-ip-adapter", "tiny-ip-adapter-b")):
+        # the same image encoder (seeded alike), each adapter its own projection and layers
+        _save_ip_adapter(root / "ip_adapters" / name, unet, p, seed + 3, seed + 4 + i)
     (root / "tree.json").write_text(json.dumps({"generator": "dfleet tiny-model", "seed": seed,
                                                 "preset": preset}, indent=1))
     return root

@@ -14,6 +14,7 @@ from services.common.settings import parse_settings
 from services.denoiser.addons import AddonRegistry
 from services.denoiser.addons.cfg_partner import CfgPartnerKind
 from services.denoiser.addons.controlnet import ControlNetKind
+from services.denoiser.addons.ip_adapter import IpAdapterCache, IpAdapterKind
 from services.denoiser.addons.lora import LoraKind
 from services.denoiser.addons.preview import PreviewKind
 from services.denoiser.addons.template_edit import TemplateEditKind
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         registry.kinds = [CfgPartnerKind(runtime, registry), TemplateEditKind(editor),
                           LoraKind(loader, profiles),
                           ControlNetKind(runtime, settings.parallel_controlnet),
-                          PreviewKind()]
+                          IpAdapterKind(IpAdapterCache(store)), PreviewKind()]
         return registry
 
     def figures() -> dict[str, str]:

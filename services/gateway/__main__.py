@@ -14,6 +14,7 @@ from services.common.settings import parse_settings
 from services.gateway.attachments import AttachmentKinds
 from services.gateway.attachments.cfg_parallel import CfgParallelKind
 from services.gateway.attachments.controlnet import ControlNetKind
+from services.gateway.attachments.ip_adapter import IpAdapterKind
 from services.gateway.attachments.lora import LoraKind
 from services.gateway.attachments.preview import PreviewKind
 from services.gateway.attachments.template_edit import TemplateEditKind
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             CfgParallelKind(),
             TemplateEditKind(registry, EditPlacer(runtime.fleet, costs, settings.edit_placement),
                              settings.edit_halo),
-            LoraKind(), ControlNetKind(), PreviewKind()])
+            LoraKind(), ControlNetKind(), IpAdapterKind(), PreviewKind()])
         flow = RequestFlow(runtime.fleet, runtime.channels, runtime.exporter, runtime.importer,
                            settings.inline_max_bytes, settings.replica_wait_s)
         servicer = GatewayServicer(settings, store, requests, flow, attachments, runtime,

@@ -1,4 +1,4 @@
-"""Decoding uploaded images and preparing them exactly as the SD pipelines do."""
+"""Preparing uploaded images exactly as the SD pipelines do (decoding: services.common.images)."""
 
 from __future__ import annotations
 
@@ -10,27 +10,10 @@ import PIL.Image
 import torch
 from diffusers.image_processor import VaeImageProcessor
 
-from services.common.errors import InvalidArgument
+from services.common.images import decode
 
-MAX_DECODED_PIXELS = 4096 * 4096
-
-
-def decode(data: bytes, field: str, max_bytes: int) -> PIL.Image.Image:
-    if len(data) > max_bytes:
-        raise InvalidArgument(f"image of {len(data)} bytes is over the limit of {max_bytes}",
-                              field=field)
-    try:
-        image = PIL.Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_DECODED_PIXELS:
-            raise InvalidArgument(f"image of {image.width}x{image.height} is too large",
-                                  field=field)
-        image.load()
-    except InvalidArgument:
-        raise
-    except Exception as exc:
-        raise InvalidArgument(f"not a readable image: {exc}", field=field) from exc
-    return image
-
+__all__ = ["control_image", "decode", "init_image", "mask_condition", "to_pixel_list",
+           "to_pixels", "to_png"]
 
 @lru_cache(maxsize=8)
 def _processors(vae_scale_factor: int) -> tuple[VaeImageProcessor, VaeImageProcessor,
