@@ -135,8 +135,10 @@ def build_request(prompt: str, params: GenerateParams) -> gateway_pb2.GenerateRe
         return_pixels=params.get("return_pixels", False),
         template_id=params.get("template_id", ""),
         scheduler=params.get("scheduler", ""),
-        num_images=params.get("num_images") or 0,
     )
+    num_images = params.get("num_images")
+    if num_images is not None:
+        request.num_images = num_images
     guidance = params.get("guidance_scale")
     if guidance is not None:
         request.guidance_scale = guidance

@@ -72,6 +72,7 @@ def test_num_images_with_an_input_image(fleet: Any, tiny_models: Path,
 @pytest.mark.parametrize("field, kwargs", [
     ("scheduler", dict(scheduler="euler_karras_turbo")),
     ("num_images", dict(num_images=9)),
+    ("num_images", dict(num_images=0)),
 ])
 def test_bad_choices_name_their_field(fleet: Any, field: str, kwargs: dict[str, Any]) -> None:
     with dfleet.Client(fleet.gateway_address, timeout=60) as client:

@@ -84,7 +84,7 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore, limits: Gatewa
         raise InvalidArgument("strength needs an image", field="strength")
     strength = req.strength or (1.0 if mask is not None else 0.8)
     in_range(strength, 1e-6, 1.0, "strength")
-    num_images = req.num_images or 1
+    num_images = req.num_images if req.HasField("num_images") else 1
     if not 1 <= num_images <= MAX_IMAGES:
         raise InvalidArgument(f"{num_images} is outside 1..{MAX_IMAGES}", field="num_images")
     gen = Generation(
