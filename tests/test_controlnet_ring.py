@@ -40,9 +40,10 @@ from services.common.transport import (
     local_peer,
     metrics,
 )
+from services.denoiser.addons.controlnet import ControlNetRequest, ControlNetSpec
 from services.denoiser.controlnet_link import ControlNetLink
 from services.denoiser.engine import DenoiserEngine
-from services.denoiser.job import ControlNetSpec, DenoiseJob
+from services.denoiser.job import DenoiseJob
 from services.denoiser.offline import encode_prompts, run
 from services.denoiser.unet_models import unet_loader
 
@@ -242,7 +243,8 @@ def test_a_killed_controlnet_ends_the_request_and_frees_the_ring(tiny_models: Pa
             job = DenoiseJob(request_id="killed", model="tiny-sd", prompt_embeds=positive,
                              negative_prompt_embeds=negative, width=64, height=64,
                              num_inference_steps=400, guidance_scale=7.5, seed=1,
-                             controlnets=[ControlNetSpec("tiny-cn-a", cn.address, cond)])
+                             addons={"controlnet": ControlNetRequest(
+                                 (ControlNetSpec("tiny-cn-a", cn.address, cond),))})
 
             def kill_at_step_3(event: object) -> None:
                 if getattr(event, "step", 0) == 3 and cn.process.poll() is None:
