@@ -26,6 +26,7 @@ from dfleet.events import (
     status_from_proto,
 )
 from dfleet.inputs import GenerateParams, ImageLike, build_request, build_template_request
+from dfleet.tracing import traced_channel
 from diffusion.v1 import gateway_pb2, gateway_pb2_grpc
 
 
@@ -37,7 +38,8 @@ class Client:
         self.address = address
         self.timeout = timeout
         self.metadata = metadata
-        self._channel = grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+        self._channel = traced_channel(
+            grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS)), address)
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
 
     def generate(self, prompt: str = "", *, timeout: float | None = None,

@@ -141,6 +141,16 @@ def cmd_register_template(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from dfleet.tracing import configure_from_env, shutdown_tracing
+
+    configure_from_env("dfleet-cli")  # OTEL_* variables: this request starts a trace
+    try:
+        return _generate(args)
+    finally:
+        shutdown_tracing()
+
+
+def _generate(args: argparse.Namespace) -> int:
     import dfleet
 
     address = gateway_address(args)

@@ -29,6 +29,7 @@ def fleet(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     local = LocalFleet(str(tiny_models), state_dir=str(tmp_path_factory.mktemp("fleet")),
                        env={"DFLEET_INLINE_MAX_BYTES": "1", "DFLEET_RECOVER_INTERVAL_S": "1",
+                            "DFLEET_METRICS_PORT": "0",  # each replica's heartbeat says where
                             "DFLEET_ORPHAN_CLAIM_IDLE_S": "6",
                             "OMP_WAIT_POLICY": "PASSIVE",
                             "DFLEET_ACTIVATION_DIR": str(tmp_path_factory.mktemp("activations"))})

@@ -6,6 +6,8 @@ import threading
 
 import grpc
 
+from dfleet.tracing import traced_channel
+from services.common.telemetry import tracing
 from services.common.transport.importer import MESSAGE_SIZE_OPTIONS
 
 # One message-size limit for every server and channel of a process: the transport's.
@@ -22,6 +24,8 @@ class ChannelPool:
             channel = self._channels.get(address)
             if channel is None:
                 channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                if tracing.enabled():
+                    channel = traced_channel(channel, address)
                 self._channels[address] = channel
             return channel
 

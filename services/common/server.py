@@ -20,12 +20,15 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection as grpc_reflection
 
+from dfleet.tracing import shutdown_tracing
 from diffusion.v1 import tensor_pb2, tensor_pb2_grpc
 from services.common.channels import CHANNEL_OPTIONS, ChannelPool
 from services.common.errors import ErrorInterceptor
 from services.common.fleet_state import FleetState, ReplicaInfo
 from services.common.parent_watch import watch_parent
 from services.common.settings import ServiceSettings, configure_logging
+from services.common.telemetry.rpc import ServerTelemetry
+from services.common.telemetry.tracing import configure_tracing, instrument_redis
 from services.common.transport import TensorExporter, TensorImporter, TensorLeasesServicer, host_id
 
 log = logging.getLogger("dfleet.server")
@@ -60,6 +63,7 @@ class Heartbeat:
 
 def init_process(settings: ServiceSettings, role: str) -> None:
     configure_logging(settings.log_level)
+    configure_tracing(role)
     watch_parent()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
@@ -111,7 +115,8 @@ def serve(role: str, settings: ServiceSettings,
     (grpcurl, grpcui, Postman) can list, describe and call every service here.
     """
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         interceptors=[ErrorInterceptor()], options=CHANNEL_OPTIONS)
+                         interceptors=[ServerTelemetry(role), ErrorInterceptor()],
+                         options=CHANNEL_OPTIONS)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     advertise = settings.advertise_host or settings.host
     if advertise in ("0.0.0.0", "::", "[::]"):
@@ -120,6 +125,8 @@ def serve(role: str, settings: ServiceSettings,
     exporter = TensorExporter(address, default_ttl_s=settings.lease_ttl_s,
                               inline_max_bytes=settings.inline_max_bytes, role=role)
     fleet = FleetState.from_url(settings.redis_url) if settings.redis_url else None
+    if fleet is not None:
+        instrument_redis(fleet.redis)
     runtime = ServiceRuntime(role, settings, address, exporter, TensorImporter(), fleet,
                              metrics_port=start_metrics(settings, role))
     names = add_servicers(server, runtime)
@@ -163,4 +170,5 @@ def serve(role: str, settings: ServiceSettings,
     runtime.importer.close()
     runtime.channels.close()
     exporter.close()
+    shutdown_tracing()
     log.info("stopped", extra={"role": role})

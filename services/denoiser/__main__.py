@@ -11,6 +11,11 @@ from diffusion.v1 import denoiser_pb2_grpc
 from services.common.model_store import ModelStore
 from services.common.server import Heartbeat, ServiceRuntime, init_process, serve
 from services.common.settings import parse_settings
+from services.common.telemetry.metrics import (
+    DENOISER_ACTIVE_REQUESTS,
+    observed_batches,
+    register_patch_switches,
+)
 from services.denoiser.addons import AddonRegistry
 from services.denoiser.addons.cfg_partner import CfgPartnerKind
 from services.denoiser.addons.controlnet import ControlNetKind
@@ -54,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     editor = TemplateEditor(settings.edit_settings())
     engine = DenoiserEngine(load, settings.max_batch_requests,
                             max_active_requests=settings.max_active_requests)
+    engine.runner = observed_batches(engine.runner)
+    DENOISER_ACTIVE_REQUESTS.set_function(engine.load)
+    register_patch_switches(lambda: {name: unets.get(name).patcher.switches
+                                     for name in unets.names()})
     for name in preload_names(store, settings.preload):
         log.info("preloading %s", name, extra={"role": ROLE})
         engine.load_unet(name)

@@ -16,7 +16,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 import grpc
 import torch
@@ -24,6 +24,7 @@ import torch
 from diffusion.v1 import lora_cache_pb2, lora_cache_pb2_grpc
 from services.common.channels import ChannelPool
 from services.common.errors import from_rpc_error
+from services.common.telemetry.tracing import ContextThreadPool
 from services.common.transport import TensorImporter, local_peer
 from services.denoiser.addons.base import LoraLayers
 from services.denoiser.addons.lora import LoraSpec
@@ -98,7 +99,7 @@ class LoraLoader:
         self.fetch = fetch
         self.cache = cache
         self.device = torch.device(device)
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lora-load")
+        self._pool = ContextThreadPool(max_workers=threads, thread_name_prefix="lora-load")
         self._inflight: dict[str, Future[Layers]] = {}
         self._lock = threading.Lock()
 

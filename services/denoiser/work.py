@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from services.common.telemetry.tracing import current_span_context
 from services.denoiser.addons.base import Addon, Residuals, StepRows, WeightPatch, add_residuals
 
 log = logging.getLogger("dfleet.denoiser")
@@ -67,6 +68,7 @@ class DenoiseWork:
         self.request_id = sampler.request_id
         self.model = sampler.model
         self.started = time.monotonic()
+        self.trace_link = current_span_context()  # its request's span, for the step batches
         self.last_batch = 1   # works in the model batch of its latest step
         self.batch_peak = 1
         self._parked: tuple[torch.Tensor, int] | None = None  # noise held at an add-on

@@ -23,6 +23,8 @@ from services.common.errors import (
 )
 from services.common.model_store import ModelEntry, ModelStore
 from services.common.server import ServiceRuntime
+from services.common.telemetry.metrics import RequestTimer
+from services.common.telemetry.tracing import in_this_context
 from services.gateway.attachments import AttachmentKinds
 from services.gateway.depth import DepthTracker
 from services.gateway.generation import Generation
@@ -87,7 +89,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         deadline = deadline_of(context, self.settings.max_request_s)
         events.put(gateway_pb2.GenerateEvent(
             request_id=flow.request_id, queued=gateway_pb2.Queued(position=self.inflight() - 1)))
-        threading.Thread(target=self._execute, name=f"request-{flow.request_id}", daemon=True,
+        threading.Thread(target=in_this_context(self._execute), daemon=True,
+                         name=f"request-{flow.request_id}",
                          args=(flow, self.requests.stream, entry, events.put, deadline,
                                cancel)).start()
         while True:
@@ -129,11 +132,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         rid = flow.request_id
         depth = DepthTracker(self.requests.fleet)
         started = time.monotonic()
+        timer = RequestTimer(flow.model, flow.kind)
         try:
             self.requests.set_state(rid, gateway_pb2.REQUEST_STATE_RUNNING, total=flow.steps)
 
             def forward(event: gateway_pb2.GenerateEvent) -> None:
                 if event.HasField("progress"):
+                    timer.step()
                     self.requests.set_state(rid, gateway_pb2.REQUEST_STATE_RUNNING,
                                             event.progress.step, event.progress.total_steps)
                 emit(event)
@@ -143,8 +148,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                                  png=outcome.pngs[0], metadata=json.dumps(outcome.metadata))
             emit(gateway_pb2.GenerateEvent(request_id=rid, result=self._result(
                 flow, outcome, (time.monotonic() - started) * 1e3)))
+            timer.done()
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a terminal state
             info = error_info(exc)
+            timer.done(info.code)
             state = (gateway_pb2.REQUEST_STATE_CANCELLED
                      if info.code == grpc.StatusCode.CANCELLED.value[0]
                      else gateway_pb2.REQUEST_STATE_FAILED)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.model_store import ModelStore
+from services.common.telemetry.metrics import LORA_CACHE_LOAD_SECONDS, LORA_CACHE_LOOKUPS
 from services.common.transport.shm import SegmentNamer
 from services.lora_cache.host_tier import HostLora
 
@@ -55,6 +56,13 @@ class LoraCacheEngine:
 
     def prepare(self, name: str) -> PrepareResult:
         """Makes ``name`` resident in host memory; a hit when it already was."""
+        result = self._prepare(name)
+        LORA_CACHE_LOOKUPS.labels(name, "hit" if result.hit else "miss").inc()
+        if not result.hit:
+            LORA_CACHE_LOAD_SECONDS.labels(name).observe(result.load_ms / 1e3)
+        return result
+
+    def _prepare(self, name: str) -> PrepareResult:
         if not name:
             raise InvalidArgument("a LoRA name is required", field="loras")
         start = time.perf_counter()

@@ -6,6 +6,7 @@ import grpc
 
 from diffusion.v1 import text_encoder_pb2, text_encoder_pb2_grpc
 from services.common.server import ServiceRuntime
+from services.common.telemetry.metrics import TEXT_ENCODE_SECONDS
 from services.text_encoder.engine import TextEncoderEngine
 
 
@@ -16,7 +17,8 @@ class TextEncoderServicer(text_encoder_pb2_grpc.TextEncoderServicer):
 
     def Encode(self, request: text_encoder_pb2.EncodeRequest,
                context: grpc.ServicerContext) -> text_encoder_pb2.EncodeResponse:
-        embeds = self.engine.encode(request.model, list(request.prompts))
+        with TEXT_ENCODE_SECONDS.labels(request.model).time():
+            embeds = self.engine.encode(request.model, list(request.prompts))
         export = self.runtime.exporter.export
         return text_encoder_pb2.EncodeResponse(embeddings=[
             export(e, request.peer, request_id=request.request_id) for e in embeds])

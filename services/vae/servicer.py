@@ -6,6 +6,7 @@ import grpc
 
 from diffusion.v1 import vae_pb2, vae_pb2_grpc
 from services.common.server import ServiceRuntime
+from services.common.telemetry.metrics import VAE_DECODE_SECONDS, VAE_ENCODE_SECONDS
 from services.vae.engine import VaeEngine
 
 
@@ -18,7 +19,8 @@ class VaeServicer(vae_pb2_grpc.VaeServicer):
                context: grpc.ServicerContext) -> vae_pb2.VaeEncodeResponse:
         self.engine.store.pipeline(request.model)
         image = self.runtime.importer.load(request.image)
-        moments = self.engine.encode(request.model, image)
+        with VAE_ENCODE_SECONDS.labels(request.model).time():
+            moments = self.engine.encode(request.model, image)
         return vae_pb2.VaeEncodeResponse(moments=self.runtime.exporter.export(
             moments, request.peer, request_id=request.request_id))
 
@@ -26,6 +28,7 @@ class VaeServicer(vae_pb2_grpc.VaeServicer):
                context: grpc.ServicerContext) -> vae_pb2.VaeDecodeResponse:
         self.engine.store.pipeline(request.model)
         latents = self.runtime.importer.load(request.latents)
-        image = self.engine.decode(request.model, latents)
+        with VAE_DECODE_SECONDS.labels(request.model).time():
+            image = self.engine.decode(request.model, latents)
         return vae_pb2.VaeDecodeResponse(image=self.runtime.exporter.export(
             image, request.peer, request_id=request.request_id))

@@ -1,0 +1,1 @@
+"""Metrics and traces of every role: Prometheus histograms, OpenTelemetry spans."""
