@@ -81,6 +81,22 @@ capabilities:
   value: {{ include "dfleet.redisUrl" .root | quote }}
 - name: DFLEET_LOG_LEVEL
   value: {{ .root.Values.logLevel | quote }}
+{{- if .root.Values.metrics.enabled }}
+- name: DFLEET_METRICS_PORT
+  value: {{ .metricsPort | default .root.Values.metrics.port | quote }}
+{{- end }}
+{{- with .root.Values.tracing }}
+{{- if .enabled }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ required "tracing.endpoint is required when tracing.enabled" .endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ .protocol | default "grpc" | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ .sampler | default "parentbased_always_on" | quote }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ .samplerArg | default "1.0" | quote }}
+{{- end }}
+{{- end }}
 - name: HOME
   value: /tmp
 {{- end -}}
@@ -162,5 +178,14 @@ tolerations:
 {{- with .root.Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Scrape annotations of a pod (the first metrics port of a co-located pod). */}}
+{{- define "dfleet.scrapeAnnotations" -}}
+{{- if .Values.metrics.enabled }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.metrics.port | quote }}
+prometheus.io/path: /metrics
 {{- end }}
 {{- end -}}
