@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import ParamSpec, TypeVar
+
+from services.common.telemetry.tracing import ContextThreadPool
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -34,8 +36,9 @@ class ComputeThread:
 
     def __init__(self, name: str = "compute") -> None:
         self._local = threading.local()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name,
-                                            initializer=self._mark)
+        # Calls run in their caller's trace context: spans they start are its children.
+        self._executor = ContextThreadPool(max_workers=1, thread_name_prefix=name,
+                                           initializer=self._mark)
 
     def _mark(self) -> None:
         self._local.mine = True
