@@ -80,8 +80,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _up_detached(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "dfleet", "up", "--models-dir", args.models_dir,
-            "--state-dir", args.state_dir] + (["--redis-url", args.redis_url] * bool(
-                args.redis_url)) + ["--autoscale"] * args.autoscale
+            "--state-dir", args.state_dir, "--http-port", str(args.http_port)] + (
+                ["--redis-url", args.redis_url] * bool(args.redis_url)) + [
+                "--autoscale"] * args.autoscale
     for spec in args.replicas:
         argv += ["--replicas", spec]
     Path(args.state_dir).mkdir(parents=True, exist_ok=True)
@@ -91,7 +92,9 @@ def _up_detached(args: argparse.Namespace) -> int:
     state = _state_file(args.state_dir)
     while time.monotonic() < deadline:
         if state.exists() and json.loads(state.read_text()).get("supervisor_pid") == proc.pid:
-            print(f"fleet up: gateway at {json.loads(state.read_text())['gateway']}")
+            described = json.loads(state.read_text())
+            http = f", HTTP at http://{described['http']}" if described.get("http") else ""
+            print(f"fleet up: gateway at {described['gateway']}{http}")
             return 0
         if proc.poll() is not None:
             print((Path(args.state_dir) / "supervisor.log").read_text()[-4000:], file=sys.stderr)
@@ -108,7 +111,8 @@ def _up_foreground(args: argparse.Namespace) -> int:
     if args.autoscale:
         replicas.update({role: 0 for role in ROLES_AUTOSCALED})
     fleet = LocalFleet(args.models_dir, redis_url=args.redis_url,
-                       state_dir=str(Path(args.state_dir) / "services"), replicas=replicas)
+                       state_dir=str(Path(args.state_dir) / "services"), replicas=replicas,
+                       http_port=args.http_port if args.http_port >= 0 else None)
     stop = {"now": False}
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -122,7 +126,9 @@ def _up_foreground(args: argparse.Namespace) -> int:
     try:
         described = {**fleet.describe(), "supervisor_pid": os.getpid()}
         _state_file(args.state_dir).write_text(json.dumps(described, indent=1))
-        print(f"fleet up: gateway at {fleet.gateway_address} (Ctrl-C stops it)", flush=True)
+        http = f", HTTP at http://{fleet.http_address}" if fleet.http_address else ""
+        print(f"fleet up: gateway at {fleet.gateway_address}{http} (Ctrl-C stops it)",
+              flush=True)
         while not stop["now"]:
             time.sleep(0.2)
     finally:
@@ -212,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start N replicas of ROLE (repeatable), e.g. denoiser=2")
     p.add_argument("--timeout", type=float, default=180.0,
                    help="seconds --detach waits for the fleet to serve")
+    p.add_argument("--http-port", type=int, default=8000,
+                   help="port of the HTTP/JSON front (0 picks one; -1: no HTTP front)")
     p.set_defaults(func=cmd_up)
     for name, func, text in (("down", cmd_down, "stop the local fleet"),
                              ("status", cmd_status, "show the local fleet")):

@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +66,20 @@ def start_redis(log_file: Path) -> tuple[subprocess.Popen, str]:  # type: ignore
     raise RuntimeError("redis-server did not start within 20 s")
 
 
+def wait_http_healthy(address: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{address}/healthz", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"http://{address} not healthy after {timeout_s} s")
+        time.sleep(0.1)
+
+
 def wait_healthy(address: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
@@ -90,6 +106,8 @@ class LocalFleet:
     replicas: dict[str, int] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     startup_timeout_s: float = 120.0
+    http_port: int | None = None
+    """Also start the HTTP front on this port (0 picks one); None: no HTTP front."""
     services: list[ServiceProcess] = field(default_factory=list)
     redis_process: subprocess.Popen | None = None  # type: ignore[type-arg]
 
@@ -111,12 +129,20 @@ class LocalFleet:
                     self.spawn(role)
             for service in self.services:
                 self._wait_port(service)
+            if self.http_port is not None:
+                self._wait_port(self.spawn("http_front", ["--gateway", self.gateway_address,
+                                                          "--port", str(self.http_port)]),
+                                http=True)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def spawn(self, role: str) -> ServiceProcess:
+    @property
+    def http_address(self) -> str:
+        return next((s.address for s in self.services if s.role == "http_front"), "")
+
+    def spawn(self, role: str, extra_args: Sequence[str] = ()) -> ServiceProcess:
         state = Path(self.state_dir)
         index = sum(1 for s in self.services if s.role == role)
         port_file = state / f"{role}-{index}.port"
@@ -127,14 +153,14 @@ class LocalFleet:
                "DFLEET_PARENT_PID": str(os.getpid()), **self.env}
         cmd = [sys.executable, "-m", f"services.{role}", "--models-dir", self.models_dir,
                "--redis-url", self.redis_url, "--host", "127.0.0.1", "--port", "0",
-               "--port-file", str(port_file)]
+               "--port-file", str(port_file), *extra_args]
         proc = subprocess.Popen(cmd, stdout=open(log_file, "ab"), stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)
         service = ServiceProcess(role, proc, port_file, log_file)
         self.services.append(service)
         return service
 
-    def _wait_port(self, service: ServiceProcess) -> None:
+    def _wait_port(self, service: ServiceProcess, http: bool = False) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         while not service.port_file.exists() or not service.port_file.read_text().strip():
             if service.process.poll() is not None:
@@ -145,7 +171,7 @@ class LocalFleet:
                 raise RuntimeError(f"{service.role} did not start in {self.startup_timeout_s} s")
             time.sleep(0.05)
         service.address = f"127.0.0.1:{service.port_file.read_text().strip()}"
-        wait_healthy(service.address, 30)
+        (wait_http_healthy if http else wait_healthy)(service.address, 30)
 
     def stop(self, timeout_s: float = 15.0) -> None:
         for service in self.services:
@@ -166,6 +192,7 @@ class LocalFleet:
 
     def describe(self) -> dict[str, object]:
         return {"redis_url": self.redis_url, "gateway": self.gateway_address,
+                "http": self.http_address,
                 "state_dir": self.state_dir,
                 "redis_pid": self.redis_process.pid if self.redis_process else None,
                 "services": [{"role": s.role, "address": s.address, "pid": s.process.pid,

@@ -2,7 +2,8 @@
 metrics ports on every pod and Service, the optional ServiceMonitor (checked against the
 Prometheus Operator's field names, since kubernetes-validate has no schema for it) whose
 endpoints name ports the Services have, the Grafana dashboard ConfigMap whose every query
-names a metric the code declares, and the OTEL_* variables of tracing."""
+names a metric the code declares, the OTEL_* variables of tracing, and the HTTP front
+wired to the gateway Service."""
 
 from __future__ import annotations
 
@@ -37,11 +38,13 @@ def test_every_pod_is_annotated_and_every_service_has_a_metrics_port(tmp_path: P
         assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true", name
         for container in pod["spec"]["containers"]:
             env = {e["name"]: e.get("value") for e in container["env"]}
+            if name.endswith("-http-front"):  # /metrics on its HTTP port
+                env["DFLEET_METRICS_PORT"] = pod["metadata"]["annotations"]["prometheus.io/port"]
             ports = {p["containerPort"] for p in container["ports"]}
             assert int(env["DFLEET_METRICS_PORT"]) in ports, (name, container["name"])
     for name, service in of_kind(docs, "Service").items():
-        if name.endswith(("-redis", "-controller-metrics")):
-            continue
+        if name.endswith(("-redis", "-controller-metrics", "-http-front")):
+            continue  # the HTTP front's metrics are on its http port
         assert any(p["name"].startswith("metrics") for p in service["spec"]["ports"]), name
 
 
@@ -108,3 +111,19 @@ def test_tracing_sets_the_standard_variables(tmp_path: Path) -> None:
     assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
     proc = template(tmp_path, {"tracing": {"enabled": True}})
     assert proc.returncode != 0 and "tracing.endpoint is required" in proc.stderr
+
+
+def test_http_front_calls_the_gateway_service(tmp_path: Path) -> None:
+    docs = render(tmp_path, {})
+    front = of_kind(docs, "Deployment")["dfleet-http-front"]["spec"]["template"]["spec"]
+    (container,) = front["containers"]
+    assert container["command"] == ["python", "-m", "services.http_front"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    gateway = of_kind(docs, "Service")["dfleet-gateway"]
+    grpc_port = next(p["port"] for p in gateway["spec"]["ports"] if p["name"] == "grpc")
+    assert env["DFLEET_GATEWAY"] == f"dfleet-gateway:{grpc_port}"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    service = of_kind(docs, "Service")["dfleet-http-front"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    off = render(tmp_path, {"httpFront": {"enabled": False}})
+    assert "dfleet-http-front" not in of_kind(off, "Deployment")
