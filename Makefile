@@ -5,10 +5,10 @@ MODELS ?= models
 
 setup: .venv/.installed
 
-.venv/.installed: pyproject.toml
+.venv/.installed: pyproject.toml requirements.lock
 	python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
-	.venv/bin/pip install -q -e '.[dev]'
+	.venv/bin/pip install -q -c requirements.lock -e '.[dev]'
 	touch $@
 
 $(MODELS)/tree.json: | setup

@@ -31,6 +31,12 @@ class ControlNetBody(_Body):
     guidance_end: float = Field(1.0, description="fraction of steps where it ends")
 
 
+class IpAdapterBody(_Body):
+    name: str = Field(description="IP-Adapter as the fleet lists it")
+    image: str = Field(description="the image prompt, base64 PNG or JPEG")
+    scale: float = Field(1.0, description="adapter scale in [0, 2]")
+
+
 class LoraBody(_Body):
     name: str = Field(description="LoRA as the fleet lists it")
     scale: float = Field(1.0, description="LoRA scale")
@@ -56,6 +62,7 @@ class GenerateBody(_Body):
     seed: int | None = Field(None, description="default: random (a template's for edits)")
     controlnets: list[ControlNetBody] = []
     loras: list[LoraBody] = []
+    ip_adapters: list[IpAdapterBody] = []
     image: str | None = Field(None, description="init or edited image, base64")
     mask: str | None = Field(None, description="white = repaint, base64")
     strength: float | None = None
@@ -92,14 +99,17 @@ def generate_params(body: GenerateBody) -> tuple[str, GenerateParams]:
     if body.return_pixels:
         raise InvalidArgument(message="return_pixels: float images are not offered over "
                                       "HTTP; ask for PNGs", field="return_pixels")
-    values: dict[str, Any] = body.model_dump(exclude={"prompt", "controlnets", "loras",
-                                                      "image", "mask", "approximations"},
-                                             exclude_defaults=True)
+    values: dict[str, Any] = body.model_dump(
+        exclude={"prompt", "controlnets", "loras", "ip_adapters", "image", "mask",
+                 "approximations"}, exclude_defaults=True)
     values["controlnets"] = [
         dfleet.ControlNet(c.name, image=_image(c.image, f"controlnets[{i}].image") or b"",
                           scale=c.scale, guidance_start=c.guidance_start,
                           guidance_end=c.guidance_end) for i, c in enumerate(body.controlnets)]
     values["loras"] = [dfleet.Lora(lo.name, scale=lo.scale) for lo in body.loras]
+    values["ip_adapters"] = [
+        dfleet.IpAdapter(a.name, image=_image(a.image, f"ip_adapters[{i}].image") or b"",
+                         scale=a.scale) for i, a in enumerate(body.ip_adapters)]
     values["image"] = _image(body.image, "image")
     values["mask"] = _image(body.mask, "mask")
     if body.approximations is not None:

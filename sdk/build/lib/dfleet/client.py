@@ -1,0 +1,113 @@
+"""The blocking client of a fleet's ``Gateway`` service.
+
+    with dfleet.Client("127.0.0.1:50051") as client:
+        result = client.generate("a cat", model="tiny-sd", seed=1)
+        result.image.save("cat.png")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Self, Unpack
+
+import grpc
+
+from dfleet.channel import CHANNEL_OPTIONS, deadline
+from dfleet.errors import Internal, from_rpc_error
+from dfleet.events import (
+    Event,
+    ModelInfo,
+    RequestStatus,
+    Result,
+    Template,
+    event_from_proto,
+    models_from_proto,
+    status_from_proto,
+)
+from dfleet.inputs import GenerateParams, ImageLike, build_request, build_template_request
+from dfleet.tracing import traced_channel
+from diffusion.v1 import gateway_pb2, gateway_pb2_grpc
+
+
+class Client:
+    """One channel to a gateway; ``timeout`` (seconds, None = none) is each call's deadline."""
+
+    def __init__(self, address: str, timeout: float | None = 60.0,
+                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.metadata = metadata
+        self._channel = traced_channel(
+            grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS)), address)
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+
+    def generate(self, prompt: str = "", *, timeout: float | None = None,
+                 **params: Unpack[GenerateParams]) -> Result:
+        """Runs one request to the end and returns its result."""
+        for event in self.stream(prompt, timeout=timeout, **params):
+            if isinstance(event, Result):
+                return event
+        raise Internal(message="the stream ended without a result")
+
+    def stream(self, prompt: str = "", *, timeout: float | None = None,
+               **params: Unpack[GenerateParams]) -> Iterator[Event]:
+        """Yields Queued, Progress and finally Result; a failed request raises FleetError.
+
+        Leaving the loop early cancels the RPC, which cancels the request.
+        """
+        request = build_request(prompt, params)
+        call = self._stub.Generate(request, timeout=deadline(timeout, self.timeout),
+                                   metadata=self.metadata)
+        request_id = request.request_id
+        try:
+            for message in call:
+                request_id = message.request_id or request_id
+                yield event_from_proto(message)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, request_id) from None
+        finally:
+            call.cancel()
+
+    def cancel(self, request_id: str, timeout: float | None = None) -> bool:
+        """True when the request was running and is now being stopped."""
+        response = self._unary(self._stub.Cancel,
+                               gateway_pb2.CancelRequest(request_id=request_id), timeout)
+        return bool(response.cancelled)
+
+    def get(self, request_id: str, timeout: float | None = None) -> RequestStatus:
+        response = self._unary(self._stub.GetRequest,
+                               gateway_pb2.GetRequestRequest(request_id=request_id), timeout)
+        return status_from_proto(response)
+
+    def models(self, timeout: float | None = None) -> list[ModelInfo]:
+        response = self._unary(self._stub.ListModels, gateway_pb2.ListModelsRequest(), timeout)
+        return models_from_proto(response)
+
+    def register_template(self, model: str, image: ImageLike, prompt: str = "",
+                          warm_up: bool = False, seed: int = 0, steps: int | None = None,
+                          guidance_scale: float | None = None,
+                          timeout: float | None = None) -> Template:
+        """Registers an image for masked edits; seed, steps and guidance_scale are the recipe
+        its edits use unless they name their own (None = the gateway's default)."""
+        request = build_template_request(model, image, prompt, warm_up, seed, steps,
+                                         guidance_scale)
+        response = self._unary(self._stub.RegisterTemplate, request, timeout)
+        return Template(response.template_id, response.cache_bytes)
+
+    def _unary(self, method, request, timeout: float | None):  # type: ignore[no-untyped-def]
+        try:
+            return method(request, timeout=deadline(timeout, self.timeout),
+                          metadata=self.metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, getattr(request, "request_id", "")) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

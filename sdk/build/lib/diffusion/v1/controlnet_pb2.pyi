@@ -1,0 +1,78 @@
+from diffusion.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ControlNetOpen(_message.Message):
+    __slots__ = ("controlnet", "cond_image", "prompt_embeds", "peer", "ring")
+    CONTROLNET_FIELD_NUMBER: _ClassVar[int]
+    COND_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_EMBEDS_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    RING_FIELD_NUMBER: _ClassVar[int]
+    controlnet: str
+    cond_image: _tensor_pb2.TensorRef
+    prompt_embeds: _tensor_pb2.TensorRef
+    peer: _tensor_pb2.PeerInfo
+    ring: RingOffer
+    def __init__(self, controlnet: _Optional[str] = ..., cond_image: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., ring: _Optional[_Union[RingOffer, _Mapping]] = ...) -> None: ...
+
+class RingOffer(_message.Message):
+    __slots__ = ("socket", "token")
+    SOCKET_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    socket: str
+    token: bytes
+    def __init__(self, socket: _Optional[str] = ..., token: _Optional[bytes] = ...) -> None: ...
+
+class RingAnswer(_message.Message):
+    __slots__ = ("accepted", "reason")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    reason: str
+    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ControlNetStep(_message.Message):
+    __slots__ = ("step", "latents", "timestep", "conditioning_scale", "release_lease_ids")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    LATENTS_FIELD_NUMBER: _ClassVar[int]
+    TIMESTEP_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONING_SCALE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    latents: _tensor_pb2.TensorRef
+    timestep: float
+    conditioning_scale: float
+    release_lease_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, step: _Optional[int] = ..., latents: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., timestep: _Optional[float] = ..., conditioning_scale: _Optional[float] = ..., release_lease_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ControlNetStepRequest(_message.Message):
+    __slots__ = ("request_id", "open", "step")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    open: ControlNetOpen
+    step: ControlNetStep
+    def __init__(self, request_id: _Optional[str] = ..., open: _Optional[_Union[ControlNetOpen, _Mapping]] = ..., step: _Optional[_Union[ControlNetStep, _Mapping]] = ...) -> None: ...
+
+class ControlNetStepResponse(_message.Message):
+    __slots__ = ("step", "down_residuals", "mid_residual", "compute_ms", "release_lease_ids", "ring")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    DOWN_RESIDUALS_FIELD_NUMBER: _ClassVar[int]
+    MID_RESIDUAL_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
+    RING_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    down_residuals: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorRef]
+    mid_residual: _tensor_pb2.TensorRef
+    compute_ms: float
+    release_lease_ids: _containers.RepeatedScalarFieldContainer[str]
+    ring: RingAnswer
+    def __init__(self, step: _Optional[int] = ..., down_residuals: _Optional[_Iterable[_Union[_tensor_pb2.TensorRef, _Mapping]]] = ..., mid_residual: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., compute_ms: _Optional[float] = ..., release_lease_ids: _Optional[_Iterable[str]] = ..., ring: _Optional[_Union[RingAnswer, _Mapping]] = ...) -> None: ...
