@@ -25,12 +25,13 @@ class Target:
 
 @contextlib.contextmanager
 def running(name: str, models: Path, cpus: int, fleet_env: dict[str, str],
-            logs: Path, fleet_replicas: dict[str, int] | None = None) -> Iterator[tuple[str, str]]:
+            logs: Path, fleet_replicas: dict[str, int] | None = None,
+            baseline_lora_cache: int = 0) -> Iterator[tuple[str, str]]:
     """Starts ``baseline`` or ``fleet``; yields (gateway address, Redis URL or "")."""
     logs.mkdir(parents=True, exist_ok=True)
     if name == "baseline":
-        with BaselineProcess(models, workers=cpus, threads=1,
-                             log_path=logs / "baseline.log") as server:
+        with BaselineProcess(models, workers=cpus, threads=1, log_path=logs / "baseline.log",
+                             lora_cache=baseline_lora_cache) as server:
             yield server.address, ""
         return
     from dfleet.local_fleet import LocalFleet

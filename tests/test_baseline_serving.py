@@ -52,7 +52,8 @@ def test_missing_fleet_shows_na() -> None:
 
 
 @pytest.mark.parametrize("argv", [["--systems", "fleet"], ["--cpus", "0"], ["--size", "30"],
-                                  ["--fleet-env", "NOVALUE"]])
+                                  ["--fleet-env", "NOVALUE"], ["--presets", "huge"],
+                                  ["--repeats", "0"], ["--baseline-lora-cache", "-1"]])
 def test_bad_flags_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         parse_settings(argv)
@@ -61,5 +62,28 @@ def test_bad_flags_exit_2(argv: list[str]) -> None:
 
 def test_quick_settings() -> None:
     settings = parse_settings(["--quick", "--fleet-env", "DFLEET_TORCH_THREADS=1"])
-    assert settings.preset == "tiny" and settings.duration_s < 10
+    assert settings.presets == ("tiny", "sdxl-shaped") and settings.duration_s < 10
+    assert settings.repeats >= 2
     assert settings.fleet_env["DFLEET_TORCH_THREADS"] == "1"
+    assert parse_settings([]).presets == ("small", "sdxl-shaped")
+
+
+def _doc(base_rate: float, fleet_rate: float | None) -> dict:
+    def system(rate: float | None) -> dict:
+        if rate is None:
+            return {"error": "did not start", "max_rate_at_target": None, "fixed_rate": None,
+                    "bursts": {}, "solo_latency_s": {}}
+        return {"max_rate_at_target": rate, "solo_latency_s": {"lora": 1.0 / rate},
+                "fixed_rate": {"attainment": 1.0, "latency": {"p95_s": 0.5}},
+                "bursts": {"8x": {"attainment": rate / 4}}}
+    return {"systems": {"baseline": system(base_rate), "fleet": system(fleet_rate)}}
+
+
+def test_spread_over_runs() -> None:
+    from bench.serving_spread import spread_rows
+
+    rows = {r[0]: r[1:] for r in spread_rows([_doc(1.0, 2.0), _doc(2.0, 3.0), _doc(1.5, None)])}
+    assert rows["max rate at 90% SLO attainment (req/s)"] == ("1.5 [1-2]", "2.5 [2-3]",
+                                                              "1.75 [1.5-2]")
+    assert rows["SLO attainment, bursts of 8x"][0] == "0.375 [0.25-0.5]"
+    assert rows["lora alone, median latency (s)"][2] == "0.583 [0.5-0.667]"

@@ -171,3 +171,55 @@ def test_layout_round_trip() -> None:
         SlotLayout.from_wire([[999, [1]]])
     with pytest.raises(TransportError):
         SlotLayout.from_wire([[1, [-1]]])
+
+
+def test_each_end_sends_and_receives_on_its_own_threads(
+        pair: tuple[RingStream, RingStream]) -> None:
+    """The CFG pass pattern: a step loop sends while a reader thread takes the answers, and
+    the partner's reader and answering threads are two more."""
+    a, b = pair
+    answers: list[torch.Tensor] = []
+    got_answer = threading.Semaphore(0)
+    inbox: list[tuple[int, torch.Tensor]] = []
+    got_step = threading.Semaphore(0)
+    errors: list[BaseException] = []
+
+    def guarded(fn):  # type: ignore[no-untyped-def]
+        def run() -> None:
+            try:
+                fn()
+            except RingClosed:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+        return run
+
+    def a_reader() -> None:
+        while True:
+            answers.append(a.receive(timeout=30)[1][0])
+            got_answer.release()
+
+    def b_reader() -> None:
+        while True:
+            header, (x,) = b.receive(timeout=30)
+            inbox.append((header["step"], x))
+            got_step.release()
+
+    def b_answerer() -> None:
+        for _ in range(300):
+            assert got_step.acquire(timeout=30)
+            step, x = inbox.pop(0)
+            b.send({"step": step}, [x + 1])
+
+    threads = [threading.Thread(target=guarded(f)) for f in (a_reader, b_reader, b_answerer)]
+    for thread in threads:
+        thread.start()
+    for step in range(300):
+        a.send({"step": step}, [torch.full((2, 8), float(step))])
+        assert got_answer.acquire(timeout=30)
+        assert torch.equal(answers[-1], torch.full((2, 8), step + 1.0))
+    a.close()
+    b.close()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors

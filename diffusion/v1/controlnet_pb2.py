@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from diffusion.v1 import tensor_pb2 as diffusion_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64iffusion/v1/controlnet.proto\x12\x0c\x64iffusion.v1\x1a\x19\x64iffusion/v1/tensor.proto\"\xce\x01\n\x0e\x43ontrolNetOpen\x12\x12\n\ncontrolnet\x18\x01 \x01(\t\x12+\n\ncond_image\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12.\n\rprompt_embeds\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12$\n\x04peer\x18\x04 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\x12%\n\x04ring\x18\x05 \x01(\x0b\x32\x17.diffusion.v1.RingOffer\"*\n\tRingOffer\x12\x0e\n\x06socket\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\".\n\nRingAnswer\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x91\x01\n\x0e\x43ontrolNetStep\x12\x0c\n\x04step\x18\x01 \x01(\r\x12(\n\x07latents\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x10\n\x08timestep\x18\x03 \x01(\x01\x12\x1a\n\x12\x63onditioning_scale\x18\x04 \x01(\x02\x12\x19\n\x11release_lease_ids\x18\x05 \x03(\t\"\x92\x01\n\x15\x43ontrolNetStepRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12,\n\x04open\x18\x02 \x01(\x0b\x32\x1c.diffusion.v1.ControlNetOpenH\x00\x12,\n\x04step\x18\x03 \x01(\x0b\x32\x1c.diffusion.v1.ControlNetStepH\x00\x42\t\n\x07message\"\xdd\x01\n\x16\x43ontrolNetStepResponse\x12\x0c\n\x04step\x18\x01 \x01(\r\x12/\n\x0e\x64own_residuals\x18\x02 \x03(\x0b\x32\x17.diffusion.v1.TensorRef\x12-\n\x0cmid_residual\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x12\n\ncompute_ms\x18\x04 \x01(\x01\x12\x19\n\x11release_lease_ids\x18\x05 \x03(\t\x12&\n\x04ring\x18\x06 \x01(\x0b\x32\x18.diffusion.v1.RingAnswer2d\n\nControlNet\x12V\n\x05Steps\x12#.diffusion.v1.ControlNetStepRequest\x1a$.diffusion.v1.ControlNetStepResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64iffusion/v1/controlnet.proto\x12\x0c\x64iffusion.v1\x1a\x19\x64iffusion/v1/tensor.proto\"\xce\x01\n\x0e\x43ontrolNetOpen\x12\x12\n\ncontrolnet\x18\x01 \x01(\t\x12+\n\ncond_image\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12.\n\rprompt_embeds\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12$\n\x04peer\x18\x04 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\x12%\n\x04ring\x18\x05 \x01(\x0b\x32\x17.diffusion.v1.RingOffer\"\x91\x01\n\x0e\x43ontrolNetStep\x12\x0c\n\x04step\x18\x01 \x01(\r\x12(\n\x07latents\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x10\n\x08timestep\x18\x03 \x01(\x01\x12\x1a\n\x12\x63onditioning_scale\x18\x04 \x01(\x02\x12\x19\n\x11release_lease_ids\x18\x05 \x03(\t\"\x92\x01\n\x15\x43ontrolNetStepRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12,\n\x04open\x18\x02 \x01(\x0b\x32\x1c.diffusion.v1.ControlNetOpenH\x00\x12,\n\x04step\x18\x03 \x01(\x0b\x32\x1c.diffusion.v1.ControlNetStepH\x00\x42\t\n\x07message\"\xdd\x01\n\x16\x43ontrolNetStepResponse\x12\x0c\n\x04step\x18\x01 \x01(\r\x12/\n\x0e\x64own_residuals\x18\x02 \x03(\x0b\x32\x17.diffusion.v1.TensorRef\x12-\n\x0cmid_residual\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x12\n\ncompute_ms\x18\x04 \x01(\x01\x12\x19\n\x11release_lease_ids\x18\x05 \x03(\t\x12&\n\x04ring\x18\x06 \x01(\x0b\x32\x18.diffusion.v1.RingAnswer2d\n\nControlNet\x12V\n\x05Steps\x12#.diffusion.v1.ControlNetStepRequest\x1a$.diffusion.v1.ControlNetStepResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CONTROLNETOPEN']._serialized_start=75
   _globals['_CONTROLNETOPEN']._serialized_end=281
-  _globals['_RINGOFFER']._serialized_start=283
-  _globals['_RINGOFFER']._serialized_end=325
-  _globals['_RINGANSWER']._serialized_start=327
-  _globals['_RINGANSWER']._serialized_end=373
-  _globals['_CONTROLNETSTEP']._serialized_start=376
-  _globals['_CONTROLNETSTEP']._serialized_end=521
-  _globals['_CONTROLNETSTEPREQUEST']._serialized_start=524
-  _globals['_CONTROLNETSTEPREQUEST']._serialized_end=670
-  _globals['_CONTROLNETSTEPRESPONSE']._serialized_start=673
-  _globals['_CONTROLNETSTEPRESPONSE']._serialized_end=894
-  _globals['_CONTROLNET']._serialized_start=896
-  _globals['_CONTROLNET']._serialized_end=996
+  _globals['_CONTROLNETSTEP']._serialized_start=284
+  _globals['_CONTROLNETSTEP']._serialized_end=429
+  _globals['_CONTROLNETSTEPREQUEST']._serialized_start=432
+  _globals['_CONTROLNETSTEPREQUEST']._serialized_end=578
+  _globals['_CONTROLNETSTEPRESPONSE']._serialized_start=581
+  _globals['_CONTROLNETSTEPRESPONSE']._serialized_end=802
+  _globals['_CONTROLNET']._serialized_start=804
+  _globals['_CONTROLNET']._serialized_end=904
 # @@protoc_insertion_point(module_scope)

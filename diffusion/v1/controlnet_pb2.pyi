@@ -18,24 +18,8 @@ class ControlNetOpen(_message.Message):
     cond_image: _tensor_pb2.TensorRef
     prompt_embeds: _tensor_pb2.TensorRef
     peer: _tensor_pb2.PeerInfo
-    ring: RingOffer
-    def __init__(self, controlnet: _Optional[str] = ..., cond_image: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., ring: _Optional[_Union[RingOffer, _Mapping]] = ...) -> None: ...
-
-class RingOffer(_message.Message):
-    __slots__ = ("socket", "token")
-    SOCKET_FIELD_NUMBER: _ClassVar[int]
-    TOKEN_FIELD_NUMBER: _ClassVar[int]
-    socket: str
-    token: bytes
-    def __init__(self, socket: _Optional[str] = ..., token: _Optional[bytes] = ...) -> None: ...
-
-class RingAnswer(_message.Message):
-    __slots__ = ("accepted", "reason")
-    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
-    REASON_FIELD_NUMBER: _ClassVar[int]
-    accepted: bool
-    reason: str
-    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    ring: _tensor_pb2.RingOffer
+    def __init__(self, controlnet: _Optional[str] = ..., cond_image: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., ring: _Optional[_Union[_tensor_pb2.RingOffer, _Mapping]] = ...) -> None: ...
 
 class ControlNetStep(_message.Message):
     __slots__ = ("step", "latents", "timestep", "conditioning_scale", "release_lease_ids")
@@ -74,5 +58,5 @@ class ControlNetStepResponse(_message.Message):
     mid_residual: _tensor_pb2.TensorRef
     compute_ms: float
     release_lease_ids: _containers.RepeatedScalarFieldContainer[str]
-    ring: RingAnswer
-    def __init__(self, step: _Optional[int] = ..., down_residuals: _Optional[_Iterable[_Union[_tensor_pb2.TensorRef, _Mapping]]] = ..., mid_residual: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., compute_ms: _Optional[float] = ..., release_lease_ids: _Optional[_Iterable[str]] = ..., ring: _Optional[_Union[RingAnswer, _Mapping]] = ...) -> None: ...
+    ring: _tensor_pb2.RingAnswer
+    def __init__(self, step: _Optional[int] = ..., down_residuals: _Optional[_Iterable[_Union[_tensor_pb2.TensorRef, _Mapping]]] = ..., mid_residual: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., compute_ms: _Optional[float] = ..., release_lease_ids: _Optional[_Iterable[str]] = ..., ring: _Optional[_Union[_tensor_pb2.RingAnswer, _Mapping]] = ...) -> None: ...

@@ -205,7 +205,7 @@ class DenoiseCancelResponse(_message.Message):
     def __init__(self, cancelled: _Optional[bool] = ...) -> None: ...
 
 class CfgPassOpen(_message.Message):
-    __slots__ = ("model", "prompt_embeds", "peer", "total_steps", "addons", "num_images", "added_cond")
+    __slots__ = ("model", "prompt_embeds", "peer", "total_steps", "addons", "num_images", "added_cond", "ring")
     class AddedCondEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +220,7 @@ class CfgPassOpen(_message.Message):
     ADDONS_FIELD_NUMBER: _ClassVar[int]
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
     ADDED_COND_FIELD_NUMBER: _ClassVar[int]
+    RING_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt_embeds: _tensor_pb2.TensorRef
     peer: _tensor_pb2.PeerInfo
@@ -227,7 +228,8 @@ class CfgPassOpen(_message.Message):
     addons: Addons
     num_images: int
     added_cond: _containers.MessageMap[str, _tensor_pb2.TensorRef]
-    def __init__(self, model: _Optional[str] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., total_steps: _Optional[int] = ..., addons: _Optional[_Union[Addons, _Mapping]] = ..., num_images: _Optional[int] = ..., added_cond: _Optional[_Mapping[str, _tensor_pb2.TensorRef]] = ...) -> None: ...
+    ring: _tensor_pb2.RingOffer
+    def __init__(self, model: _Optional[str] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., total_steps: _Optional[int] = ..., addons: _Optional[_Union[Addons, _Mapping]] = ..., num_images: _Optional[int] = ..., added_cond: _Optional[_Mapping[str, _tensor_pb2.TensorRef]] = ..., ring: _Optional[_Union[_tensor_pb2.RingOffer, _Mapping]] = ...) -> None: ...
 
 class CfgPassStep(_message.Message):
     __slots__ = ("step", "sample", "timestep", "with_loras", "release_lease_ids")
@@ -254,11 +256,13 @@ class CfgPassRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., open: _Optional[_Union[CfgPassOpen, _Mapping]] = ..., step: _Optional[_Union[CfgPassStep, _Mapping]] = ...) -> None: ...
 
 class CfgPassResponse(_message.Message):
-    __slots__ = ("step", "noise_pred", "release_lease_ids")
+    __slots__ = ("step", "noise_pred", "release_lease_ids", "ring")
     STEP_FIELD_NUMBER: _ClassVar[int]
     NOISE_PRED_FIELD_NUMBER: _ClassVar[int]
     RELEASE_LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
+    RING_FIELD_NUMBER: _ClassVar[int]
     step: int
     noise_pred: _tensor_pb2.TensorRef
     release_lease_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, step: _Optional[int] = ..., noise_pred: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., release_lease_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    ring: _tensor_pb2.RingAnswer
+    def __init__(self, step: _Optional[int] = ..., noise_pred: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., release_lease_ids: _Optional[_Iterable[str]] = ..., ring: _Optional[_Union[_tensor_pb2.RingAnswer, _Mapping]] = ...) -> None: ...

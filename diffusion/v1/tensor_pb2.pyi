@@ -104,6 +104,22 @@ class PeerInfo(_message.Message):
     inline_max_bytes: int
     def __init__(self, host_id: _Optional[str] = ..., gpu_uuid: _Optional[str] = ..., inline_max_bytes: _Optional[int] = ...) -> None: ...
 
+class RingOffer(_message.Message):
+    __slots__ = ("socket", "token")
+    SOCKET_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    socket: str
+    token: bytes
+    def __init__(self, socket: _Optional[str] = ..., token: _Optional[bytes] = ...) -> None: ...
+
+class RingAnswer(_message.Message):
+    __slots__ = ("accepted", "reason")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    reason: str
+    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class ReleaseRequest(_message.Message):
     __slots__ = ("request_id", "lease_ids")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]

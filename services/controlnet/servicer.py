@@ -10,7 +10,6 @@ TensorRefs.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,12 +20,10 @@ import torch
 from diffusion.v1 import controlnet_pb2, controlnet_pb2_grpc
 from services.common.errors import InvalidArgument
 from services.common.server import ServiceRuntime
-from services.common.transport import TransportError
-from services.common.transport.ring_socket import RingClosed, connect
+from services.common.transport.ring_offer import take_offer
+from services.common.transport.ring_socket import RingClosed
 from services.common.transport.ring_stream import RingStream
 from services.controlnet.engine import ControlNetEngine, ResidentControlNet, Residuals
-
-log = logging.getLogger("dfleet.controlnet")
 
 
 @dataclass
@@ -56,26 +53,14 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
         ring: RingStream | None = None
         try:
             if opening.HasField("ring"):
-                ring, refusal = self._take_ring(opening.ring)
+                ring, answer = take_offer(opening.ring, self.step_ring, self.runtime.role)
                 if ring is not None:
                     context.add_callback(ring.shutdown)  # a cancelled call wakes the loop
-                yield controlnet_pb2.ControlNetStepResponse(
-                    ring=controlnet_pb2.RingAnswer(accepted=ring is not None, reason=refusal))
+                yield controlnet_pb2.ControlNetStepResponse(ring=answer)
             yield from self._serve(request_id, opening, requests, context, ring)
         finally:
             if ring is not None:
                 ring.close()
-
-    def _take_ring(self, offer: controlnet_pb2.RingOffer) -> tuple[RingStream | None, str]:
-        if not self.step_ring:
-            return None, "step rings are off on this ControlNet (--no-step-ring)"
-        try:
-            sock = connect(offer.socket, offer.token)
-        except TransportError as e:
-            log.warning("ring offer refused: %s", e)
-            return None, str(e)
-        log.debug("steps through ring socket %s", offer.socket)
-        return RingStream(sock, role=self.runtime.role), ""
 
     def _serve(self, request_id: str, opening: controlnet_pb2.ControlNetOpen,
                requests: Iterator[controlnet_pb2.ControlNetStepRequest],

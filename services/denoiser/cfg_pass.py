@@ -5,7 +5,8 @@ step loop, batched with its other work of the same group key, with the request's
 for these rows from the same registry as the requester's (its ControlNets, its LoRAs when the
 step says the requester merged them), and answers with the rows' noise prediction.
 :class:`PassSampler` is the step loop's sampler for such rows
-(:class:`~services.denoiser.work.Sampler`).
+(:class:`~services.denoiser.work.Sampler`). On the requester's host the rows come
+through a step ring (:func:`read_ring_steps`) and the answers go back through it.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from services.common.errors import Cancelled
+from services.common.errors import Cancelled, InvalidArgument
+from services.common.transport.ring_socket import RingClosed
+from services.common.transport.ring_stream import RingStream
 from services.denoiser.addons.base import StepRows
 from services.denoiser.guiders import UNCOND
 
@@ -113,3 +117,21 @@ class PassSampler:
 
     def report_error(self, error: Exception) -> None:
         self.answers.put(error)
+
+
+def read_ring_steps(ring: RingStream, sampler: PassSampler, wake: Callable[[], None]) -> None:
+    """The requester's steps from a step ring, until it closes its end."""
+    while True:
+        try:
+            header, (sample,) = ring.receive()
+        except RingClosed:
+            return
+        try:
+            step, timestep = int(header["step"]), float(header["timestep"])
+            with_loras = bool(header["with_loras"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidArgument(f"bad ring step header {header!r}: {e}", field="step") from None
+        sampler.push(PassStep(step=step, sample=sample,
+                              timestep=torch.tensor(timestep, dtype=torch.float64),
+                              with_loras=with_loras, lease_ids=[]))
+        wake()

@@ -16,7 +16,6 @@ is a message on the stream with TensorRefs, and the fallback is counted in
 
 from __future__ import annotations
 
-import logging
 import queue
 import time
 from collections.abc import Iterator
@@ -28,16 +27,19 @@ import torch
 from diffusion.v1 import controlnet_pb2, controlnet_pb2_grpc, tensor_pb2
 from services.common.channels import ChannelPool
 from services.common.errors import DeadlineExceeded, FleetError, Unavailable, from_rpc_error
-from services.common.transport import TensorExporter, TensorImporter, metrics
-from services.common.transport.ring_socket import SUPPORTED, RingClosed, RingListener
+from services.common.transport import TensorExporter, TensorImporter
+from services.common.transport.ring_offer import (
+    closed_ring_error,
+    offer_message,
+    offer_ring,
+    settle_offer,
+)
+from services.common.transport.ring_socket import RingClosed, RingListener
 from services.common.transport.ring_stream import RingStream
 
 Residuals = tuple[list[torch.Tensor], torch.Tensor]
 
-STATUS_GRACE_S = 5.0  # how long a closed ring waits for the stream's status
 NO_DEADLINE_S = 1e6   # gRPC reports "no deadline" as ~9e18 s, which no socket takes
-
-log = logging.getLogger("dfleet.denoiser")
 
 
 class ControlNetLink:
@@ -58,7 +60,7 @@ class ControlNetLink:
         self._outbox: queue.Queue[Any] = queue.Queue()
         self._held: list[tensor_pb2.TensorRef] = []
         self._ring: RingStream | None = None
-        offer = self._offer(ring, peer, own_peer)
+        offer = offer_ring(ring, peer, own_peer, exporter.role)
         stub = controlnet_pb2_grpc.ControlNetStub(channels.get(address))
         self._outbox.put(controlnet_pb2.ControlNetStepRequest(
             request_id=request_id,
@@ -66,8 +68,7 @@ class ControlNetLink:
                 controlnet=controlnet, peer=own_peer,
                 cond_image=exporter.export(cond_image, peer, request_id=request_id),
                 prompt_embeds=exporter.export(prompt_embeds, peer, request_id=request_id),
-                ring=controlnet_pb2.RingOffer(socket=offer.name, token=offer.token)
-                if offer is not None else None)))
+                ring=offer_message(offer) if offer is not None else None)))
         self._responses: Iterator[controlnet_pb2.ControlNetStepResponse] = stub.Steps(
             iter(self._outbox.get, None), timeout=timeout,
             metadata=(("x-request-id", request_id),))
@@ -126,57 +127,26 @@ class ControlNetLink:
         if cancel is not None:
             cancel()
 
-    def _offer(self, ring: bool, peer: tensor_pb2.PeerInfo | None,
-               own_peer: tensor_pb2.PeerInfo) -> RingListener | None:
-        """A ring listener to offer, or None (counted) when the steps go by gRPC."""
-        if not ring:
-            reason = "ring_disabled"
-        elif peer is None or not peer.host_id or peer.host_id != own_peer.host_id:
-            reason = "ring_other_host"
-        elif not SUPPORTED:
-            reason = "ring_unsupported"
-        else:
-            try:
-                return RingListener()
-            except OSError as e:
-                log.warning("cannot offer a step ring (%s); steps go by gRPC", e)
-                reason = "ring_error"
-        metrics.FALLBACKS.labels(self.exporter.role, reason).inc()
-        return None
-
     def _settle(self, offer: RingListener) -> RingStream | None:
         """The ring, once the ControlNet took it; None when it refused."""
         try:
-            try:
-                answer = next(self._responses)
-            except grpc.RpcError as err:
-                raise from_rpc_error(err, f"controlnet {self.address}") from err
-            except StopIteration:
-                raise Unavailable(f"controlnet {self.address}: ended the stream at its "
-                                  "open") from None
-            if not answer.ring.accepted:
-                metrics.FALLBACKS.labels(self.exporter.role, "ring_refused").inc()
-                log.info("controlnet %s refused the step ring: %s", self.address,
-                         answer.ring.reason)
-                return None
-            try:
-                sock = offer.accept(timeout=min(self._left() or STATUS_GRACE_S, STATUS_GRACE_S))
-            except TimeoutError:
-                raise Unavailable(f"controlnet {self.address}: took the step ring but did not "
-                                  "connect to it") from None
-            return RingStream(sock, role=self.exporter.role)
-        finally:
+            answer = next(self._responses)
+        except grpc.RpcError as err:
             offer.close()
+            raise from_rpc_error(err, f"controlnet {self.address}") from err
+        except StopIteration:
+            offer.close()
+            raise Unavailable(f"controlnet {self.address}: ended the stream at its "
+                              "open") from None
+        try:
+            return settle_offer(offer, answer.ring, f"controlnet {self.address}",
+                                self.exporter.role)
+        except TimeoutError:
+            raise Unavailable(f"controlnet {self.address}: took the step ring but did not "
+                              "connect to it") from None
 
     def _left(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     def _stream_error(self, closed: RingClosed) -> FleetError:
-        """Why the ring closed: the stream's status when the ControlNet sent one."""
-        try:
-            error = self._responses.exception(timeout=STATUS_GRACE_S)  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001 - no status in time: the peer is gone
-            error = None
-        if isinstance(error, grpc.RpcError):
-            return from_rpc_error(error, f"controlnet {self.address}")
-        return Unavailable(f"controlnet {self.address}: its step ring closed ({closed})")
+        return closed_ring_error(self._responses, closed, f"controlnet {self.address}")

@@ -23,9 +23,12 @@ from services.common import schedulers
 from services.common.deadlines import time_left
 from services.common.errors import InvalidArgument
 from services.common.server import ServiceRuntime
+from services.common.transport.ring_offer import take_offer
+from services.common.transport.ring_socket import RingClosed
+from services.common.transport.ring_stream import RingStream
 from services.denoiser.addons import AddonRegistry, BuildContext
 from services.denoiser.addons.base import Addon
-from services.denoiser.cfg_pass import PassSampler, PassStep
+from services.denoiser.cfg_pass import PassSampler, PassStep, read_ring_steps
 from services.denoiser.engine import DenoiserEngine
 from services.denoiser.guiders import UNCOND
 from services.denoiser.job import DenoiseJob, ErrorEvent, FinalEvent, StepEvent
@@ -82,6 +85,21 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
         if first is None or first.WhichOneof("message") != "open":
             raise InvalidArgument("the first message must be open", field="open")
         rid, opening = first.request_id, first.open
+        ring: RingStream | None = None
+        try:
+            if opening.HasField("ring"):
+                ring, answer = take_offer(opening.ring, True, self.runtime.role)
+                if ring is not None:
+                    context.add_callback(ring.shutdown)  # a cancelled call wakes the reader
+                yield denoiser_pb2.CfgPassResponse(ring=answer)
+            yield from self._pass(rid, opening, requests, context, ring)
+        finally:
+            if ring is not None:
+                ring.close()
+
+    def _pass(self, rid: str, opening: denoiser_pb2.CfgPassOpen,
+              requests: Iterator[denoiser_pb2.CfgPassRequest], context: grpc.ServicerContext,
+              ring: RingStream | None) -> Iterator[denoiser_pb2.CfgPassResponse]:
         embeds = self._load(opening.prompt_embeds, "open.prompt_embeds")
         if embeds is None:
             raise InvalidArgument("prompt embeddings are required", field="open.prompt_embeds")
@@ -100,7 +118,7 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
         context.add_callback(self.engine.wake)
         self.engine.add(DenoiseWork(sampler, addons))
         requester_done = threading.Event()
-        threading.Thread(target=self._read_pass, args=(requests, sampler, requester_done),
+        threading.Thread(target=self._read_pass, args=(ring or requests, sampler, requester_done),
                          daemon=True, name=f"cfg-pass-{rid}").start()
         export = self.runtime.exporter.export
         try:
@@ -117,16 +135,25 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
                     return
                 if isinstance(answer, Exception):
                     raise answer
+                if ring is not None:
+                    try:
+                        ring.send({"step": answer.step}, [answer.noise])
+                    except RingClosed:
+                        return  # the requester is gone
+                    continue
                 yield denoiser_pb2.CfgPassResponse(
                     step=answer.step, release_lease_ids=answer.lease_ids,
                     noise_pred=export(answer.noise, opening.peer, request_id=rid))
         finally:
             self.runtime.exporter.release_request(rid)
 
-    def _read_pass(self, requests: Iterator[denoiser_pb2.CfgPassRequest],
+    def _read_pass(self, source: Iterator[denoiser_pb2.CfgPassRequest] | RingStream,
                    sampler: PassSampler, done: threading.Event) -> None:
         try:
-            for message in requests:
+            if isinstance(source, RingStream):
+                read_ring_steps(source, sampler, self.engine.wake)
+                return
+            for message in source:
                 step = message.step
                 sampler.push(PassStep(
                     step=step.step,

@@ -60,7 +60,9 @@ class _Ring:
 
 
 class RingStream:
-    """Thread-safe for one sender and one receiver thread plus :meth:`close` from any."""
+    """One thread may send while another receives (a blocked receive never holds up a send);
+    :meth:`close` from any thread. Views (``copy=False``) are for an end that sends and
+    receives on one thread: they count as consumed at its next call."""
 
     def __init__(self, sock: RingSocket, role: str = "", slots: int = DEFAULT_SLOTS) -> None:
         if slots < 1:
@@ -68,7 +70,8 @@ class RingStream:
         self.role = role
         self.slots = slots
         self._sock = sock
-        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._receive_lock = threading.Lock()
         self._own: _Ring | None = None
         self._retired: list[tuple[int, SlotRing]] = []  # (last message in it, ring)
         self._peer: _Ring | None = None
@@ -82,7 +85,7 @@ class RingStream:
 
     def send(self, header: dict[str, Any], tensors: Sequence[torch.Tensor]) -> None:
         """Writes ``tensors`` into the next slot, then signals the peer with ``header``."""
-        with self._lock:
+        with self._send_lock:
             self._check_open()
             self._settle_views()
             n = self._sent
@@ -93,8 +96,10 @@ class RingStream:
                     f"ring full: message {n} would overwrite message {n - self.slots}, which "
                     f"the peer has not consumed ({self._peer_consumed} consumed)")
             own.ring.write(own.slot(n), tensors)
-            self._sock.send(message)
+            # counted before it leaves: the answer may come back (on another thread) before
+            # this thread runs again; a failed send ends the stream anyway
             self._sent += 1
+            self._sock.send(message)
             nbytes = sum(t.numel() * t.element_size() for t in tensors)
             metrics.EXPORTED_BYTES.labels(self.role, "ring").inc(nbytes)
             metrics.EXPORTED_TENSORS.labels(self.role, "ring").inc(len(tensors))
@@ -104,7 +109,7 @@ class RingStream:
         """The next message's header and tensors: copies, or views valid until this end's
         next send or receive. RingClosed when the peer is gone, TimeoutError after
         ``timeout`` seconds."""
-        with self._lock:
+        with self._receive_lock:
             self._check_open()
             self._settle_views()
             message = self._sock.receive(timeout)
@@ -133,7 +138,7 @@ class RingStream:
         """Ends the stream: unlinks this end's rings and every ring of the peer's it saw.
         Safe to call twice and from any thread."""
         self._sock.shutdown()
-        with self._lock:
+        with self._send_lock, self._receive_lock:
             if self._closed:
                 return
             self._closed = True
