@@ -43,6 +43,7 @@ bench: setup
 	$(PY) bench/bal.py
 	$(PY) bench/caches.py
 	$(PY) bench/approximation_quality.py
+	$(PY) bench/sdxl_shaped_ratios.py
 
 bench-editing: setup
 	$(PY) bench/masked_editing.py
