@@ -168,3 +168,20 @@ def test_openai_client_sees_field_errors(http: str) -> None:
 def test_the_json_body_covers_every_sdk_parameter() -> None:
     assert set(GenerateBody.model_fields) - {"prompt"} == set(
         typing.get_type_hints(GenerateParams))
+
+
+def test_queue_depth_of_a_node_reads_the_fleet_state(http: str, fleet: Any) -> None:
+    """The route KEDA's metrics-api trigger polls: the controller's own reading of Redis."""
+    from services.common.fleet_state import FleetState
+
+    state = FleetState.from_url(fleet.redis_url)
+    node = "vae:keda-test-model"
+    assert httpx.get(f"{http}/v1/queue-depth/{node}", timeout=30).json()["depth"] == 0
+    state.add_depth("vae", "keda-test-model", 3)
+    try:
+        found = httpx.get(f"{http}/v1/queue-depth/{node}", timeout=30).json()
+        assert found == {"node": node, "depth": state.depths()[node]} and found["depth"] >= 3
+    finally:
+        state.add_depth("vae", "keda-test-model", -3)
+    bad = httpx.get(f"{http}/v1/queue-depth/nonsense", timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "node"

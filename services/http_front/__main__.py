@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
         with open(settings.port_file, "w") as f:
             f.write(str(port))
     log.info("serving HTTP on %s:%d", settings.host, port, extra={"role": ROLE})
-    server = uvicorn.Server(uvicorn.Config(build_app(clients), log_config=None,
+    fleet = clients.fleet
+    depth = (lambda node: fleet.depths().get(node, 0)) if fleet is not None else None
+    server = uvicorn.Server(uvicorn.Config(build_app(clients, depth), log_config=None,
                                            access_log=False, timeout_graceful_shutdown=5))
     try:
         server.run(sockets=[sock])

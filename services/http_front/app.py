@@ -8,6 +8,7 @@ events) out. Nothing here knows gRPC beyond the SDK's typed errors.
     GET  /v1/generations/{request_id}    state (and result while the gateway keeps it)
     POST /v1/generations/{request_id}/cancel
     GET  /v1/models                      what the fleet serves
+    GET  /v1/queue-depth/{role:model}    queue depth of a model node (with Redis; for KEDA)
     GET  /healthz, GET /metrics, GET /openapi.json, GET /docs
 """
 
@@ -35,8 +36,10 @@ from services.http_front.schemas import (
 )
 
 
-def build_app(client: Callable[[], dfleet.Client]) -> FastAPI:
-    """The ASGI app; ``client`` gives the SDK client of a live gateway."""
+def build_app(client: Callable[[], dfleet.Client],
+              depth: Callable[[str], int] | None = None) -> FastAPI:
+    """The ASGI app; ``client`` gives the SDK client of a live gateway, ``depth`` the queue
+    depth of a ``role:model`` node (None: no Redis, no depth route)."""
     app = FastAPI(title="diffusion-fleet HTTP API", version="1",
                   description="Text-to-image workflows of a diffusion fleet over HTTP/JSON.")
     app.add_exception_handler(dfleet.FleetError, on_fleet_error)
@@ -79,6 +82,15 @@ def build_app(client: Callable[[], dfleet.Client]) -> FastAPI:
     @app.post("/v1/generations/{request_id}/cancel", summary="stop a running request")
     def cancel(request_id: str) -> dict[str, Any]:
         return {"request_id": request_id, "cancelled": client().cancel(request_id)}
+
+    if depth is not None:
+        @app.get("/v1/queue-depth/{node}", summary="queue depth of a model node (role:model), "
+                 "as the controller reads it; KEDA's metrics-api trigger polls it")
+        def queue_depth(node: str) -> dict[str, Any]:
+            if node.count(":") != 1 or not all(node.split(":")):
+                raise dfleet.InvalidArgument(message=f"node: {node!r} is not role:model",
+                                             field="node")
+            return {"node": node, "depth": depth(node)}
 
     @app.get("/v1/models", summary="models, ControlNets and LoRAs the fleet serves")
     def models() -> dict[str, Any]:

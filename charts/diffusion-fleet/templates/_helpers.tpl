@@ -40,7 +40,7 @@ redis://{{ include "dfleet.fullname" . }}-redis:6379/0
      so that `helm upgrade` never resets what the controller set (it starts at 1 and the
      controller corrects it within a tick). */}}
 {{- define "dfleet.replicas" -}}
-{{- if not .root.Values.controller.enabled }}
+{{- if not (or .root.Values.controller.enabled .root.Values.keda.enabled) }}
 replicas: {{ include "dfleet.setting" (dict "node" .node "root" .root "key" "minReplicas") }}
 {{- end }}
 {{- end -}}
