@@ -17,7 +17,8 @@ import pytest
 from bench.serving import main
 from bench.serving_presets import SD_MIX, SDXL_MIX
 
-pytestmark = pytest.mark.slow
+# a few minutes on a quiet machine; far longer on a busy one
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 def test_quick_serving_benchmark(tmp_path: Path) -> None:
