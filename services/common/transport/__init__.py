@@ -2,7 +2,10 @@
 
 Producers export with :class:`TensorExporter` and host :class:`TensorLeasesServicer` on their
 gRPC server; consumers read with :class:`TensorImporter`, which releases each lease to its owner.
-See DESIGN.md, "Tensors between services".
+What goes back and forth once per step between two processes of one host (ControlNet latents
+and residuals, CFG pass rows) goes through a per-stream step ring instead
+(:mod:`~services.common.transport.ring_stream`, set up by
+:mod:`~services.common.transport.ring_offer`). See docs/transport.md.
 """
 
 from services.common.transport.errors import TransportError
