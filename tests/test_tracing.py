@@ -49,7 +49,7 @@ def traced(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory
                 "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_BSP_SCHEDULE_DELAY": "100",
                 "OMP_WAIT_POLICY": "PASSIVE"}
         fleet = LocalFleet(str(tiny_models), state_dir=str(tmp_path_factory.mktemp("traced")),
-                           env=otel)
+                           env=otel, http_port=0)
         with fleet:
             yield receiver, fleet, otel
 
@@ -106,6 +106,42 @@ def test_one_trace_spans_every_node_with_parent_links(traced: Any, tmp_path: Pat
     redis_spans = [s for s in spans if s.name.startswith("redis ")]
     assert redis_spans and all(by_id[s.parent_id].service == "dfleet-gateway"
                                for s in redis_spans if s.service == "dfleet-gateway")
+
+
+def test_an_http_request_continues_the_callers_trace(traced: Any) -> None:
+    """A traceparent header on the HTTP front: FastAPI's own request span continues it, and
+    the gateway's spans follow in that trace."""
+    import httpx
+
+    receiver, fleet, _ = traced
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    reply = httpx.post(f"http://{fleet.http_address}/v1/generations", timeout=300,
+                       headers={"traceparent": f"00-{trace_id}-{parent}-01"},
+                       json={"prompt": "a kite", "seed": 4, "steps": 2})
+    assert reply.status_code == 200, reply.text
+
+    def arrived(spans: list[ReceivedSpan]) -> bool:
+        servers = {s.service for s in spans if s.trace_id == trace_id and s.kind == SERVER}
+        return {"dfleet-gateway", "dfleet-http_front"} <= servers
+
+    spans = [s for s in receiver.wait_for(arrived) if s.trace_id == trace_id]
+    by_id = {s.span_id: s for s in spans}
+    fronts = [s for s in spans if s.service == "dfleet-http_front" and s.kind == SERVER]
+    (front,) = fronts
+    assert front.parent_id == parent and front.name == "POST /v1/generations"
+    (generate,) = [s for s in spans if s.service == "dfleet-gateway" and s.kind == SERVER
+                   and s.name == "diffusion.v1.Gateway/Generate"]
+    client = by_id[generate.parent_id]
+    assert client.service == "dfleet-http_front" and client.kind == CLIENT
+    assert front.span_id in _ancestors(client, by_id)  # under the route's span
+
+
+def _ancestors(span: ReceivedSpan, by_id: dict[str, ReceivedSpan]) -> set[str]:
+    seen = set()
+    while span.parent_id in by_id:
+        span = by_id[span.parent_id]
+        seen.add(span.span_id)
+    return seen
 
 
 def _ancestor_services(span: ReceivedSpan, by_id: dict[str, ReceivedSpan]) -> set[str]:
