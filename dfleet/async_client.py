@@ -27,6 +27,7 @@ from dfleet.events import (
     status_from_proto,
 )
 from dfleet.inputs import GenerateParams, ImageLike, build_request, build_template_request
+from dfleet.tracing import aio_interceptors
 from diffusion.v1 import gateway_pb2, gateway_pb2_grpc
 
 
@@ -38,7 +39,8 @@ class AsyncClient:
         self.address = address
         self.timeout = timeout
         self.metadata = metadata
-        self._channel = grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+        self._channel = grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS),
+                                                  interceptors=aio_interceptors(address))
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
 
     async def generate(self, prompt: str = "", *, timeout: float | None = None,

@@ -10,6 +10,7 @@ starts one; with no provider configured the spans are OpenTelemetry's no-op span
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -34,12 +35,14 @@ class _CallDetails(NamedTuple):
     compression: Any
 
 
-def _method_parts(method: str) -> tuple[str, str]:
+def _method_parts(method: str | bytes) -> tuple[str, str]:
+    if isinstance(method, bytes):  # grpc.aio gives the method as bytes
+        method = method.decode()
     service, _, name = method.lstrip("/").partition("/")
     return service, name
 
 
-def start_client_span(method: str, target: str) -> Any:
+def start_client_span(method: str | bytes, target: str) -> Any:
     """A CLIENT span for one call to ``target``, child of the current span."""
     service, name = _method_parts(method)
     return trace.get_tracer(TRACER_NAME).start_span(
@@ -170,3 +173,59 @@ def shutdown_tracing() -> None:
     """Flushes and stops the exporters :func:`configure_from_env` installed."""
     while _providers:
         _providers.pop().shutdown()
+
+
+class _AioTraceInterceptor:
+    """The asyncio channels' counterpart of :class:`TraceClientInterceptor`."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    async def _intercept(self, continuation: Callable[..., Any], details: Any,
+                         request: Any) -> Any:
+        import grpc.aio
+
+        span = start_client_span(details.method, self.target)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), *carrier.items())
+        details = grpc.aio.ClientCallDetails(details.method, details.timeout, metadata,
+                                             details.credentials, details.wait_for_ready)
+        try:
+            call = await continuation(details, request)
+        except BaseException:
+            span.end()
+            raise
+        call.add_done_callback(lambda done: asyncio.ensure_future(_end_aio(span, done)))
+        return call
+
+
+async def _end_aio(span: Any, call: Any) -> None:
+    code = await call.code()  # an asyncio call's status is a coroutine
+    end_span(span, _Done(code))
+
+
+class _Done(NamedTuple):
+    status: grpc.StatusCode
+
+    def code(self) -> grpc.StatusCode:
+        return self.status
+
+
+def aio_interceptors(target: str) -> list[Any]:
+    """Interceptors for ``grpc.aio.insecure_channel`` (none without OpenTelemetry)."""
+    if trace is None:
+        return []
+    import grpc.aio
+
+    class Unary(_AioTraceInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
+        async def intercept_unary_unary(self, continuation: Any, details: Any,
+                                        request: Any) -> Any:
+            return await self._intercept(continuation, details, request)
+
+    class Streaming(_AioTraceInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+        async def intercept_unary_stream(self, continuation: Any, details: Any,
+                                         request: Any) -> Any:
+            return await self._intercept(continuation, details, request)
+
+    return [Unary(target), Streaming(target)]

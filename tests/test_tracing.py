@@ -204,3 +204,40 @@ def test_tracing_off_installs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         lambda details: grpc.unary_unary_rpc_method_handler(handler), Details())
     assert wrapped.unary_unary(None, Context()) == "done"
     assert seen == [trace.INVALID_SPAN]
+
+
+def test_both_sdk_clients_send_the_callers_trace_context() -> None:
+    """Inside a caller's span, Client and AsyncClient send its W3C traceparent."""
+    import asyncio
+    from concurrent import futures
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    import dfleet
+    from diffusion.v1 import gateway_pb2, gateway_pb2_grpc
+
+    seen: list[str] = []
+
+    class Recorder(gateway_pb2_grpc.GatewayServicer):
+        def ListModels(self, request: object, context: grpc.ServicerContext) -> object:
+            seen.append(dict(context.invocation_metadata()).get("traceparent", ""))
+            return gateway_pb2.ListModelsResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    gateway_pb2_grpc.add_GatewayServicer_to_server(Recorder(), server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+
+    async def call_async() -> None:
+        async with dfleet.AsyncClient(address, timeout=30) as client:
+            await client.models()
+
+    try:
+        with TracerProvider().get_tracer("test").start_as_current_span("caller") as span:
+            with dfleet.Client(address, timeout=30) as client:
+                client.models()
+            asyncio.run(call_async())
+    finally:
+        server.stop(None)
+    trace_id = f"{span.get_span_context().trace_id:032x}"
+    assert len(seen) == 2 and all(t.split("-")[1] == trace_id for t in seen), seen
