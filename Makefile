@@ -1,7 +1,7 @@
 PY ?= .venv/bin/python
 MODELS ?= models
 
-.PHONY: setup redis demo test protos lint bench bench-editing bench-gpu bench-serving chart-check down
+.PHONY: setup redis demo test soak chaos protos lint bench bench-editing bench-gpu bench-serving chart-check down
 
 setup: .venv/.installed
 
@@ -29,6 +29,12 @@ down:
 
 test: setup redis
 	$(PY) -m pytest -q -p no:cacheprovider
+
+soak: setup redis
+	$(PY) bench/soak.py --minutes $(or $(SOAK_MINUTES),30)
+
+chaos: setup redis
+	$(PY) -m pytest -q -p no:cacheprovider -m slow tests/test_chaos.py
 
 protos: setup
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/diffusion/v1/*.proto

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 from controller.loop import Controller
@@ -29,6 +30,7 @@ from controller.settings import ConfigError, ControllerSettings, load_config
 from controller.sources import QueueDepthSource
 from dfleet.help_format import HelpFormatter
 from services.common.settings import configure_logging, mask_url_password
+from services.common.stop_signals import STOP_SIGNALS, wait_for_stop_signal
 
 log = logging.getLogger("dfleet.controller")
 
@@ -104,13 +106,17 @@ def main(argv: list[str] | None = None) -> int:
         log.info(json.dumps({"event": "metrics", "port": port}))
     controller = Controller(settings, QueueDepthSource.from_url(args.redis_url), scaler, metrics)
 
-    def stop(signum: int, _frame: object) -> None:
-        log.info(json.dumps({"event": "stopping", "signal": signum}))
-        controller.stop(timeout_s=0)
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    loop = threading.Thread(target=controller.run, kwargs={"max_ticks": args.max_ticks},
+                            name="controller")
+    loop.start()
     try:
-        controller.run(max_ticks=args.max_ticks)
+        # No work inside a signal handler (it may interrupt code holding a lock).
+        signum = wait_for_stop_signal(done=lambda: not loop.is_alive())
+        if signum is not None:
+            log.info(json.dumps({"event": "stopping", "signal": signum}))
+            controller.stop(timeout_s=0)
+        loop.join()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -14,7 +14,7 @@ from typing import Self, Unpack
 import grpc
 import grpc.aio
 
-from dfleet.channel import CHANNEL_OPTIONS, deadline
+from dfleet.channel import deadline, gateway_channel, with_token
 from dfleet.errors import Internal, from_rpc_error
 from dfleet.events import (
     Event,
@@ -35,12 +35,13 @@ class AsyncClient:
     """One grpc.aio channel to a gateway; create it inside the event loop that uses it."""
 
     def __init__(self, address: str, timeout: float | None = 60.0,
-                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
+                 metadata: tuple[tuple[str, str], ...] = (), *, token: str | None = None,
+                 tls_ca: str | None = None) -> None:
         self.address = address
         self.timeout = timeout
-        self.metadata = metadata
-        self._channel = grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS),
-                                                  interceptors=aio_interceptors(address))
+        self.metadata = with_token(metadata, token)
+        self._channel = gateway_channel(address, tls_ca, aio=True,
+                                        interceptors=aio_interceptors(address))
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
 
     async def generate(self, prompt: str = "", *, timeout: float | None = None,

@@ -1,6 +1,7 @@
 """The ``dfleet`` command: a local fleet, a tiny model, requests, the controller.
 
     dfleet tiny-model models/          write the seeded tiny model tree
+    dfleet certs certs/                a development CA and fleet certificate (TLS)
     dfleet up --models-dir models/     Redis + every service, in the foreground (Ctrl-C stops)
     dfleet up --detach                 the same in the background; `dfleet down` stops it
     dfleet generate "a prompt" -o out.png [--controlnet NAME:IMAGE:SCALE] [--lora NAME:SCALE]
@@ -51,6 +52,17 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
     write_tiny_model(args.root, seed=args.seed, preset=args.preset)
     print(f"wrote the {args.preset} model tree to {args.root}")
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from dfleet.certs import tls_env, write_dev_certs
+
+    paths = write_dev_certs(args.dir, args.name)
+    print(f"wrote a development CA and fleet certificate to {args.dir}; "
+          "TLS for every service of a fleet started with:")
+    for name, value in tls_env(paths).items():
+        print(f"export {name}={value}")
     return 0
 
 
@@ -131,6 +143,11 @@ def _up_foreground(args: argparse.Namespace) -> int:
               flush=True)
         while not stop["now"]:
             time.sleep(0.2)
+            if {**fleet.describe(), "supervisor_pid": os.getpid()} != described:
+                described = {**fleet.describe(), "supervisor_pid": os.getpid()}
+                staged = _state_file(args.state_dir).with_suffix(".tmp")
+                staged.write_text(json.dumps(described, indent=1))
+                staged.replace(_state_file(args.state_dir))   # readers never see half a file
     finally:
         if autoscaler is not None:
             autoscaler.stop()
@@ -173,14 +190,22 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from dfleet.local_fleet import service_health
     from services.common.settings import mask_url_password
+    from services.common.tls import TlsFiles
 
     state = _read_state(args.state_dir)
-    print(f"gateway {state['gateway']}  redis {mask_url_password(state['redis_url'])}")
+    launcher = "up" if _alive(state.get("supervisor_pid", -1)) else "DOWN"
+    print(f"gateway {state['gateway']}  redis {mask_url_password(state['redis_url'])}  "
+          f"launcher {launcher}")
+    healthy = launcher == "up"
+    tls = TlsFiles(*state["tls"]) if state.get("tls") else None
     for service in state["services"]:
-        alive = "up" if _alive(service["pid"]) else "DOWN"
-        print(f"  {service['role']:<13} {service['address']:<22} pid {service['pid']:<8} {alive}")
-    return 0
+        health = service_health(service, tls=tls)
+        healthy = healthy and health == "up"
+        print(f"  {service['role']:<13} {service['address']:<22} pid {service['pid']:<8} "
+              f"restarts {service.get('restarts', 0):<3} {health}")
+    return 0 if healthy else 1
 
 
 def cmd_controller(argv: list[str]) -> int:
@@ -202,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=("tiny", "small"), default="tiny",
                    help="tiny: tests and demo; small: wider, closer to real step costs")
     p.set_defaults(func=cmd_tiny_model)
+    p = sub.add_parser("certs", help="write a development CA and fleet certificate (TLS)",
+                       formatter_class=HelpFormatter)
+    p.add_argument("dir", help="folder to write ca.pem, fleet.pem and their keys into")
+    p.add_argument("--name", action="append", default=[], metavar="HOST",
+                   help="another DNS name or IP the certificate is valid for (repeatable)")
+    p.set_defaults(func=cmd_certs)
     p = sub.add_parser("up", help="start Redis and every service on this machine",
                        formatter_class=HelpFormatter)
     p.add_argument("--models-dir", default="models", help="folder of models to serve")

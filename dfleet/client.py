@@ -13,7 +13,7 @@ from typing import Self, Unpack
 
 import grpc
 
-from dfleet.channel import CHANNEL_OPTIONS, deadline
+from dfleet.channel import deadline, gateway_channel, with_token
 from dfleet.errors import Internal, from_rpc_error
 from dfleet.events import (
     Event,
@@ -31,15 +31,19 @@ from diffusion.v1 import gateway_pb2, gateway_pb2_grpc
 
 
 class Client:
-    """One channel to a gateway; ``timeout`` (seconds, None = none) is each call's deadline."""
+    """One channel to a gateway; ``timeout`` (seconds, None = none) is each call's deadline.
+
+    ``token`` is sent as ``authorization: Bearer <token>`` and ``tls_ca`` (a PEM CA file)
+    turns on TLS; when not given they come from ``DFLEET_TOKEN`` and ``DFLEET_TLS_CA``.
+    """
 
     def __init__(self, address: str, timeout: float | None = 60.0,
-                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
+                 metadata: tuple[tuple[str, str], ...] = (), *, token: str | None = None,
+                 tls_ca: str | None = None) -> None:
         self.address = address
         self.timeout = timeout
-        self.metadata = metadata
-        self._channel = traced_channel(
-            grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS)), address)
+        self.metadata = with_token(metadata, token)
+        self._channel = traced_channel(gateway_channel(address, tls_ca), address)
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
 
     def generate(self, prompt: str = "", *, timeout: float | None = None,

@@ -41,7 +41,7 @@ def redis_url() -> Iterator[str]:
                              "--save", "", "--appendonly", "no"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30   # generous: a loaded machine starts it slowly
         while True:
             try:
                 redis.Redis(port=port, socket_connect_timeout=0.2).ping()
@@ -56,7 +56,7 @@ def redis_url() -> Iterator[str]:
         proc.wait(10)
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 60.0) -> None:
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
@@ -105,7 +105,7 @@ def test_burst_starts_real_service_processes_and_the_lull_stops_them(
 
         fleet.add_depth("controlnet", "tiny-cn-a", -6)
         wait_for("ControlNet back to zero", lambda: auto.scaler.processes("controlnet") == [])
-        wait_for("their processes to exit", lambda: not any(alive(p) for p in pids), 20)
+        wait_for("their processes to exit", lambda: not any(alive(p) for p in pids), 90)
         assert fleet.replicas("controlnet") == []               # they deregistered
         vae_pids = auto.scaler.processes("vae")
     finally:
@@ -150,7 +150,7 @@ def test_a_replica_that_dies_stops_counting() -> None:
         sys.executable, "-c", f"import sys, time; time.sleep({0 if i == 1 else 60}); sys.exit(3)"])
     try:
         scaler.scale(decision(n, 0, 2))
-        wait_for("the first replica to exit", lambda: scaler.replicas(n).spec == 1, 20)
+        wait_for("the first replica to exit", lambda: scaler.replicas(n).spec == 1, 90)
     finally:
         scaler.close(timeout_s=5)
     assert scaler.replicas(n).spec == 0
@@ -172,4 +172,4 @@ def test_a_replica_ignoring_sigterm_is_killed_after_the_timeout() -> None:
         scaler.replicas(n)  # each call reaps, and kills what outlived its stop timeout
         return not alive(pid)
 
-    wait_for("SIGKILL after the stop timeout", killed, 10)
+    wait_for("SIGKILL after the stop timeout", killed, 60)

@@ -84,7 +84,7 @@ def faults(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory
                        state_dir=str(tmp_path_factory.mktemp("faults")),
                        replicas={"gateway": 2},
                        env={"DFLEET_RECOVER_INTERVAL_S": "1", "DFLEET_ORPHAN_CLAIM_IDLE_S": "6",
-                            "DFLEET_MAX_STEPS": "5000", "OMP_WAIT_POLICY": "PASSIVE",
+                            "DFLEET_MAX_STEPS": "500", "OMP_WAIT_POLICY": "PASSIVE",
                             "DFLEET_ACTIVATION_DIR": str(tmp_path_factory.mktemp("act"))})
     try:
         with local:
@@ -116,11 +116,11 @@ def _wait(condition: Any, what: str, timeout_s: float = WAIT_S) -> None:
 
 
 def _stream_until_step(address: str, request_id: str, steps: int, at_step: int,
-                       reached: threading.Event, outcome: list[object]) -> None:
+                       reached: threading.Event, outcome: list[object], side: int = 64) -> None:
     try:
         with dfleet.Client(address, timeout=600) as client:
-            for event in client.stream("a long run", steps=steps, seed=1,
-                                       request_id=request_id):
+            for event in client.stream("a long run", steps=steps, seed=1, width=side,
+                                       height=side, request_id=request_id):
                 if isinstance(event, dfleet.Progress) and event.step >= at_step:
                     reached.set()
                 if isinstance(event, dfleet.Result):
@@ -137,13 +137,14 @@ def test_redis_restart_mid_run_loses_nothing(faults: tuple[LocalFleet, RedisServ
     long_outcome: list[object] = []
     short_outcomes: list[list[object]] = [[], []]
     workers = [threading.Thread(target=_stream_until_step, args=(
-        address, "restart-long", 5000, 2, long_reached, long_outcome))]
+        address, "restart-long", 500, 2, long_reached, long_outcome, 256))]
     workers += [threading.Thread(target=_stream_until_step, args=(
         address, f"restart-short-{i}", 40, 2, short_reached, short_outcomes[i]))
         for i in range(2)]
     for worker in workers:
         worker.start()
     assert long_reached.wait(WAIT_S) and short_reached.wait(WAIT_S)
+    assert not long_outcome, long_outcome         # still running
     server.stop()
     server.start()                                   # empty: no stream, no group, no state
     r = redis.Redis.from_url(server.url)

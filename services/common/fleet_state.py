@@ -27,7 +27,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +75,9 @@ class FleetState:
         self.redis = client
         self.prefix = prefix
         self.heartbeat_ttl_s = heartbeat_ttl_s
+        self.reachable: Callable[[str, float], bool] | None = None
+        """(address, heartbeat) -> False for a replica whose connection failed since its
+        last heartbeat; such replicas leave :meth:`replicas` at once."""
         self._depth_owner = ""
         self._own_depth: Counter[str] = Counter()
         self._depth_lock = threading.Lock()
@@ -160,7 +163,8 @@ class FleetState:
         pipe.execute()
 
     def replicas(self, role: str, now: float | None = None) -> list[ReplicaInfo]:
-        """Live replicas of a role; prunes members whose heartbeat expired."""
+        """Live replicas of a role: heartbeat younger than the TTL (members whose heartbeat
+        expired are pruned) and, when :attr:`reachable` is set, connection not failed."""
         now = time.time() if now is None else now
         zkey = self.key("replicas", role)
         self.redis.zremrangebyscore(zkey, "-inf", now - self.heartbeat_ttl_s)
@@ -176,6 +180,9 @@ class FleetState:
             if not raw:
                 continue
             fields = {k.decode(): v.decode() for k, v in raw.items()}
+            if self.reachable is not None and not self.reachable(
+                    fields.get("address", ""), float(fields.get("heartbeat", "0"))):
+                continue
             found.append(ReplicaInfo(
                 replica_id=replica_id, role=fields.pop("role"), address=fields.pop("address"),
                 host_id=fields.pop("host_id", ""),

@@ -7,7 +7,6 @@ and hands them to :func:`serve`; nothing here knows about a particular role.
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -26,9 +25,12 @@ from services.common.channels import CHANNEL_OPTIONS, ChannelPool
 from services.common.errors import ErrorInterceptor
 from services.common.fleet_state import FleetState, ReplicaInfo
 from services.common.parent_watch import watch_parent
+from services.common.peers import PeerRegistry
 from services.common.settings import ServiceSettings, configure_logging
+from services.common.stop_signals import wait_for_stop_signal
 from services.common.telemetry.rpc import ServerTelemetry
 from services.common.telemetry.tracing import configure_tracing, instrument_redis
+from services.common.tls import TlsFiles
 from services.common.transport import TensorExporter, TensorImporter, TensorLeasesServicer, host_id
 
 log = logging.getLogger("dfleet.server")
@@ -48,6 +50,8 @@ class ServiceRuntime:
     stopping: threading.Event = field(default_factory=threading.Event)
     metrics_port: int | None = None
     """Where GET /metrics answers (None: off); heartbeats carry it for scrapers and tests."""
+    peers: PeerRegistry = field(default_factory=lambda: PeerRegistry(None))
+    """Checks the peer addresses a caller names against the fleet's registry."""
 
 
 @dataclass
@@ -108,16 +112,26 @@ def start_metrics(settings: ServiceSettings, role: str) -> int | None:
 def serve(role: str, settings: ServiceSettings,
           add_servicers: Callable[[grpc.Server, ServiceRuntime], list[str]],
           heartbeat: Heartbeat | None = None, max_workers: int = 64,
-          reflection: bool = False) -> None:
+          reflection: bool = False, max_receive_bytes: int = 0,
+          interceptors: tuple[grpc.ServerInterceptor, ...] = (),
+          require_client_cert: bool = True) -> None:
     """Serves until SIGTERM/SIGINT; ``add_servicers`` returns the service names for health.
 
     ``reflection`` serves gRPC server reflection, so clients without the proto files
     (grpcurl, grpcui, Postman) can list, describe and call every service here.
+    ``max_receive_bytes`` > 0: the largest message this port accepts, when it is lower than
+    the internal limit (a public port). With TLS settings the port serves TLS and, when
+    ``require_client_cert``, only callers holding a certificate of the fleet's CA.
     """
+    tls = TlsFiles.from_settings(settings)
+    options = [(key, max_receive_bytes if key == "grpc.max_receive_message_length"
+                and max_receive_bytes else value) for key, value in CHANNEL_OPTIONS]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         interceptors=[ServerTelemetry(role), ErrorInterceptor()],
-                         options=CHANNEL_OPTIONS)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+                         interceptors=[ServerTelemetry(role), *interceptors, ErrorInterceptor()],
+                         options=options)
+    bind = f"{settings.host}:{settings.port}"
+    port = (server.add_secure_port(bind, tls.server_credentials(require_client_cert))
+            if tls is not None else server.add_insecure_port(bind))
     advertise = settings.advertise_host or settings.host
     if advertise in ("0.0.0.0", "::", "[::]"):
         advertise = socket.gethostname()
@@ -127,8 +141,13 @@ def serve(role: str, settings: ServiceSettings,
     fleet = FleetState.from_url(settings.redis_url) if settings.redis_url else None
     if fleet is not None:
         instrument_redis(fleet.redis)
-    runtime = ServiceRuntime(role, settings, address, exporter, TensorImporter(), fleet,
-                             metrics_port=start_metrics(settings, role))
+    channels = ChannelPool(tls)
+    runtime = ServiceRuntime(role, settings, address, exporter,
+                             TensorImporter(open_channel=channels.get), fleet, channels,
+                             metrics_port=start_metrics(settings, role),
+                             peers=PeerRegistry(fleet))
+    if fleet is not None:
+        fleet.reachable = runtime.channels.reachable   # a failed peer leaves placement at once
     names = add_servicers(server, runtime)
     tensor_pb2_grpc.add_TensorLeasesServicer_to_server(TensorLeasesServicer(exporter), server)
     health_servicer = health.HealthServicer()
@@ -153,13 +172,9 @@ def serve(role: str, settings: ServiceSettings,
             f.write(str(port))
     log.info("serving %s on %s", role, address, extra={"role": role})
 
-    def stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum, extra={"role": role})
-        runtime.stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    runtime.stopping.wait()
+    signum = wait_for_stop_signal()   # no work inside a signal handler: it may hold a lock
+    log.info("signal %d: stopping", signum, extra={"role": role})
+    runtime.stopping.set()
     health_servicer.enter_graceful_shutdown()
     if fleet is not None:
         try:

@@ -54,6 +54,13 @@ class ServiceSettings:
     port_file: str = setting("write the bound port to this file once serving", default="")
     metrics_port: int = setting("serve Prometheus /metrics over HTTP on this port; 0 picks a "
                                 "free one, -1 = off", default=-1)
+    tls_cert: str = setting("PEM certificate (chain) of this process; with tls_key and tls_ca "
+                            "turns on TLS, mutual between services; empty = plaintext",
+                            default="")
+    tls_key: str = setting("PEM private key of tls_cert", default="")
+    tls_ca: str = setting("PEM CA that signs every fleet member's certificate", default="")
+    tls_server_name: str = setting("name peers' certificates are checked against",
+                                   default="dfleet.internal")
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -66,6 +73,9 @@ class ServiceSettings:
             raise ValueError(f"torch_threads={self.torch_threads} must be >= 0")
         if self.log_level.upper() not in logging.getLevelNamesMapping():
             raise ValueError(f"log_level={self.log_level!r} is not a logging level")
+        from services.common.tls import TlsFiles
+
+        TlsFiles.from_settings(self)   # all three files or none, each readable
 
     def as_log_dict(self) -> dict[str, Any]:
         """The settings as logged: URL passwords and secret-named fields masked."""

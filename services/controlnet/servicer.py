@@ -19,6 +19,7 @@ import torch
 
 from diffusion.v1 import controlnet_pb2, controlnet_pb2_grpc
 from services.common.errors import InvalidArgument
+from services.common.input_checks import check_finite
 from services.common.server import ServiceRuntime
 from services.common.transport.ring_offer import take_offer
 from services.common.transport.ring_socket import RingClosed
@@ -77,6 +78,7 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
                 return
             for message in _until_closed(requests, context):
                 step = message.step
+                check_finite(step.conditioning_scale, "step.conditioning_scale", -1000.0, 1000.0)
                 exporter.release(step.release_lease_ids)
                 latents = importer.load(step.latents, release=False)
                 (down, mid), compute_ms = self._answer(stream, latents, step.timestep,

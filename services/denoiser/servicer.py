@@ -22,6 +22,7 @@ from diffusion.v1 import denoiser_pb2, denoiser_pb2_grpc
 from services.common import schedulers
 from services.common.deadlines import time_left
 from services.common.errors import InvalidArgument
+from services.common.input_checks import check_finite, check_side, check_steps
 from services.common.server import ServiceRuntime
 from services.common.transport.ring_offer import take_offer
 from services.common.transport.ring_socket import RingClosed
@@ -108,6 +109,7 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
         info = self.engine.load_unet(opening.model).info
         sampler = PassSampler(rid, opening.model, embeds, added,  # type: ignore[arg-type]
                               opening.total_steps, info.latent_channels)
+        self._check_addons(opening.addons, "open.addons.")
         specs = self.registry.decode(opening.addons, self._load)
         addons = self.registry.build(specs, BuildContext(
             request_id=rid, model=opening.model, num_inference_steps=opening.total_steps,
@@ -204,12 +206,33 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
         except Exception as exc:
             raise InvalidArgument(f"cannot read tensor: {exc}", field=field) from exc
 
+    def _check_inputs(self, request: denoiser_pb2.DenoiseRequest) -> None:
+        """Whoever calls: sizes, steps and numbers a step loop can run, peers of the fleet."""
+        check_side(request.width, "width")
+        check_side(request.height, "height")
+        check_steps(request.num_inference_steps, "num_inference_steps")
+        check_finite(request.guidance_scale, "guidance_scale", 0.0, 1000.0)
+        check_finite(request.strength, "strength", 0.0, 1.0)
+        self._check_addons(request.addons, "addons.")
+
+    def _check_addons(self, addons: denoiser_pb2.Addons, prefix: str) -> None:
+        """Every peer address a caller names must be a live replica of the fleet."""
+        for i, c in enumerate(addons.controlnet.controlnets):
+            where = f"{prefix}controlnet.controlnets[{i}]"
+            check_finite(c.scale, f"{where}.scale", -1000.0, 1000.0)
+            self.runtime.peers.check("controlnet", c.address, f"{where}.address")
+        for i, lo in enumerate(addons.lora.loras):
+            where = f"{prefix}lora.loras[{i}]"
+            check_finite(lo.scale, f"{where}.scale", -1000.0, 1000.0)
+            self.runtime.peers.check("lora_cache", lo.address, f"{where}.address")
+        self.runtime.peers.check("denoiser", addons.cfg_partner.address,
+                                 f"{prefix}cfg_partner.address")
+
     def _job(self, request: denoiser_pb2.DenoiseRequest,
              context: grpc.ServicerContext) -> DenoiseJob:
         if not request.request_id:
             raise InvalidArgument("request_id is required", field="request_id")
-        if request.num_inference_steps < 1:
-            raise InvalidArgument("must be at least 1", field="num_inference_steps")
+        self._check_inputs(request)
         if request.num_images > MAX_IMAGES:
             raise InvalidArgument(f"at most {MAX_IMAGES}", field="num_images")
         embeds = self._load(request.prompt_embeds, "prompt_embeds")

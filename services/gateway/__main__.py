@@ -18,6 +18,8 @@ from services.gateway.attachments.ip_adapter import IpAdapterKind
 from services.gateway.attachments.lora import LoraKind
 from services.gateway.attachments.preview import PreviewKind
 from services.gateway.attachments.template_edit import TemplateEditKind
+from services.gateway.auth import TokenAuth, TokenFile
+from services.gateway.cost_model import CostSettings
 from services.gateway.edit_placement import EditCostModel, EditPlacer
 from services.gateway.request_flow import RequestFlow
 from services.gateway.request_log import RequestLog
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
                              settings.edit_halo),
             LoraKind(), ControlNetKind(), IpAdapterKind(), PreviewKind()])
         flow = RequestFlow(runtime.fleet, runtime.channels, runtime.exporter, runtime.importer,
-                           settings.inline_max_bytes, settings.replica_wait_s)
+                           settings.inline_max_bytes, settings.replica_wait_s,
+                           CostSettings(max_pixel_steps=settings.max_pixel_steps))
         servicer = GatewayServicer(settings, store, requests, flow, attachments, runtime,
                                    TemplateRegistrar(settings, store, registry, flow))
         holder["servicer"] = servicer
@@ -85,9 +88,19 @@ def main(argv: list[str] | None = None) -> None:
                          args=(servicer, requests, runtime, settings.recover_interval_s)).start()
         return ["diffusion.v1.Gateway"]
 
+    auth = (TokenAuth(TokenFile(settings.auth_tokens_file), settings.max_inflight)
+            if settings.auth_tokens_file else None)
+    if auth is not None:
+        auth.inflight = lambda: holder["servicer"].inflight() if holder else 0
+    # A Generate stream holds a server thread for its life; admission stops at max_inflight,
+    # so control calls (health, Cancel, ...) always find one of control_threads free.
     serve(ROLE, settings, add,
           Heartbeat(load=lambda: holder["servicer"].inflight() if holder else 0),
-          reflection=settings.reflection)
+          reflection=settings.reflection,
+          max_workers=settings.max_inflight + settings.control_threads,
+          max_receive_bytes=settings.max_message_bytes,
+          interceptors=(auth,) if auth is not None else (),
+          require_client_cert=False)   # public port: clients prove themselves by token
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from diffusion.v1 import tensor_pb2
 from services.common.errors import Unavailable
 from services.common.fleet_state import FleetState, ReplicaInfo
 from services.common.transport import host_id
-from services.gateway.cost_model import CostSettings, Estimate, estimate
+from services.gateway.cost_model import CostSettings, Estimate, StepTimes, estimate
 
 WAIT_POLL_S = 0.2
 
@@ -48,6 +48,7 @@ class Placer:
     def __init__(self, fleet: FleetState, costs: CostSettings | None = None) -> None:
         self.fleet = fleet
         self.costs = costs or CostSettings()
+        self.step_times = StepTimes()   # this gateway's own step-time figures per replica
         self._tie = itertools.count()
         self._lock = threading.Lock()
         self._assigned: Counter[str] = Counter()
@@ -93,12 +94,14 @@ class Placer:
         return min(replicas, key=cost)
 
     def best_denoiser(self, model: str, steps: int, loras: list[str], payload_bytes: int,
-                      wait_s: float = 0.0) -> Estimate:
-        """The denoiser replica with the earliest estimated finish (the scheduler's choice)."""
+                      wait_s: float = 0.0, pixels: int = 0) -> Estimate:
+        """The denoiser replica with the earliest estimated finish (the scheduler's choice);
+        ``pixels``: width x height x images, which step time grows with."""
         replicas = self._with_own_load(self._live("denoiser", wait_s))
         turn = next(self._tie)
         estimates = [estimate(r, model=model, steps=steps, loras=loras, gateway_host=host_id(),
-                              payload_bytes=payload_bytes, settings=self.costs)
+                              payload_bytes=payload_bytes, settings=self.costs, pixels=pixels,
+                              learned=self.step_times)
                      for r in replicas]
         return min(estimates, key=lambda e: (round(e.total_ms, 3),
                                              (hash(e.replica.replica_id) + turn) % 1_000_003))

@@ -31,12 +31,14 @@ from diffusion.v1 import (
     vae_pb2_grpc,
 )
 from services.common.channels import ChannelPool
-from services.common.errors import Cancelled, ResourceExhausted, from_rpc_error
+from services.common.errors import Cancelled, ResourceExhausted, Unavailable, from_rpc_error
 from services.common.fleet_state import FleetState, ReplicaInfo
 from services.common.transport import TensorExporter, TensorImporter, local_peer
 from services.gateway import images
 from services.gateway.attachments.base import AttachContext
+from services.gateway.cost_model import CostSettings, check_budget
 from services.gateway.depth import DepthTracker
+from services.gateway.failover import Failover, roles_of, unavailable
 from services.gateway.generation import Generation
 from services.gateway.node_calls import NodeCalls
 from services.gateway.placement import Placement, Placer, peer_of
@@ -65,39 +67,76 @@ class RequestFlow:
 
     def __init__(self, fleet: FleetState, channels: ChannelPool, exporter: TensorExporter,
                  importer: TensorImporter, inline_max_bytes: int,
-                 replica_wait_s: float = 30.0) -> None:
+                 replica_wait_s: float = 30.0, costs: CostSettings | None = None) -> None:
         self.fleet = fleet
-        self.placer = Placer(fleet)
+        self.placer = Placer(fleet, costs)
         self.channels = channels
         self.exporter = exporter
         self.importer = importer
         self.inline_max_bytes = inline_max_bytes
         self.replica_wait_s = replica_wait_s
+        self.failover = Failover(channels)
 
     def run(self, gen: Generation, emit: Emit, deadline: float | None,
             is_cancelled: Callable[[], bool], depth: DepthTracker) -> Outcome:
+        """Runs the request; when a replica it used dies, runs it again on live replicas
+        (:mod:`services.gateway.failover`), from placement on: the same seed gives the same
+        image."""
         started = time.monotonic()
         calls = NodeCalls(gen.request_id, deadline, self.channels, self.exporter,
                           self.importer, self.inline_max_bytes)
-        denoise_nodes = [("denoiser", gen.model), *(n for a in gen.attachments for n in a.nodes())]
-        place: Placement | None = None
+        replaced: list[ReplicaInfo] = []
         try:
-            with depth.holding(denoise_nodes):
-                with depth.holding([("text_encoder", gen.model)]):
-                    place = self._place(gen, deadline)
+            for attempt in range(1, self.failover.max_attempts + 1):
+                placed: list[Placement] = []
+                try:
+                    outcome = self._attempt(gen, placed, calls, deadline, emit, is_cancelled,
+                                            depth, started)
+                    self.placer.step_times.observe(outcome.metadata)
+                    if replaced:
+                        outcome.metadata["re_placed"] = roles_of(replaced)
+                    return outcome
+                except Unavailable as exc:
+                    used = self._used(gen, placed[0]) if placed else []
+                    dead = ([] if is_cancelled() else
+                            self.failover.replaceable(exc, used, attempt, deadline))
+                    if not dead:
+                        raise unavailable(exc, replaced) from exc
+                    replaced += dead
+                    log.warning("re-placing the request: %s replica %s died",
+                                roles_of(dead), ", ".join(r.replica_id for r in dead),
+                                extra={"request_id": gen.request_id})
                     for attachment in gen.attachments:
-                        attachment.start(calls)
-                    encoded = self._encode(gen, place, calls, depth)
-                result = self._denoise(gen, place, encoded, calls, emit, is_cancelled)
-            with depth.holding([("vae", gen.model)]):
-                pixels = self._decode(gen, place, result, calls)
-            metadata = self._metadata(gen, place, result, started)
-            return Outcome(pixels, [images.to_png(p) for p in pixels], metadata)
+                        attachment.close()   # bookings are made again with the new placement
+                finally:
+                    if placed:
+                        self._release(gen, placed[0])
+            raise AssertionError("unreachable: the last attempt returns or raises")
         finally:
-            if place is not None:
-                self._release(gen, place)
             for attachment in gen.attachments:
                 attachment.close()
+
+    def _attempt(self, gen: Generation, placed: list[Placement], calls: NodeCalls,
+                 deadline: float | None, emit: Emit, is_cancelled: Callable[[], bool],
+                 depth: DepthTracker, started: float) -> Outcome:
+        """One run through the fleet; its placement is appended to ``placed`` (the caller
+        releases it). Depth is held while placing: a node at zero replicas scales up."""
+        denoise_nodes = [("denoiser", gen.model), *(n for a in gen.attachments for n in a.nodes())]
+        with depth.holding(denoise_nodes):
+            with depth.holding([("text_encoder", gen.model)]):
+                place = self._place(gen, deadline)
+                placed.append(place)
+                for attachment in gen.attachments:
+                    attachment.start(calls)
+                encoded = self._encode(gen, place, calls, depth)
+            result = self._denoise(gen, place, encoded, calls, emit, is_cancelled)
+        with depth.holding([("vae", gen.model)]):
+            pixels = self._decode(gen, place, result, calls)
+        metadata = self._metadata(gen, place, result, started)
+        return Outcome(pixels, [images.to_png(p) for p in pixels], metadata)
+
+    def _used(self, gen: Generation, place: Placement) -> list[ReplicaInfo]:
+        return place.replicas() + [r for a in gen.attachments for r in a.replicas()]
 
     def _wait_limit(self, deadline: float | None) -> float:
         """How long placement may wait for a replica to come up (scale from zero)."""
@@ -110,9 +149,11 @@ class RequestFlow:
         """The denoiser by the cost model (or an attachment's choice), admission control, then
         the other replicas near it."""
         wait_s = self._wait_limit(deadline)
+        pixels = gen.width * gen.height * gen.num_images
+        check_budget(pixels * gen.steps, self.placer.costs)
         chosen = self.placer.best_denoiser(
             gen.model, gen.steps, [n for a in gen.attachments for n in a.resident()],
-            gen.width * gen.height * 4 * 2 * gen.num_images, wait_s)
+            pixels * 4 * 2, wait_s, pixels=pixels)
         if deadline is not None and chosen.total_ms / 1e3 > deadline - time.monotonic():
             raise ResourceExhausted(
                 f"cannot finish before the deadline: the best replica needs about "
@@ -223,8 +264,7 @@ class RequestFlow:
         """No lease outlives its request: every producer frees what is left of it."""
         self.placer.unassign(place.denoiser.replica_id)
         self.exporter.release_request(gen.request_id)
-        used = place.replicas() + [r for a in gen.attachments for r in a.replicas()]
-        self.release_leases(gen.request_id, used)
+        self.release_leases(gen.request_id, self._used(gen, place))
 
     def release_leases(self, request_id: str, replicas: list[ReplicaInfo]) -> None:
         for replica in {r.address: r for r in replicas}.values():

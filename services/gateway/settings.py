@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.settings import ServiceSettings, setting
+from services.gateway.auth import load_tokens
 
 
 @dataclass
@@ -18,8 +19,21 @@ class GatewaySettings(ServiceSettings):
     max_loras: int = setting("most LoRAs per request", default=4)
     max_prompt_chars: int = setting("longest prompt accepted, characters", default=4000)
     max_image_bytes: int = setting("largest encoded input image, bytes", default=32 << 20)
+    max_pixel_steps: int = setting("per-request compute budget: width x height x steps x "
+                                   "images above it is refused RESOURCE_EXHAUSTED; 0 = none "
+                                   "(the default allows 1024x1024 at 50 steps)",
+                                   default=1024 * 1024 * 50)
     max_inflight: int = setting("requests running at once before RESOURCE_EXHAUSTED",
                                 default=256)
+    max_message_bytes: int = setting("largest message the public port accepts, bytes (the "
+                                     "ports between services keep their own, larger limit)",
+                                     default=64 << 20)
+    control_threads: int = setting("server threads kept for calls other than Generate "
+                                   "(health, Cancel, GetRequest, ListModels): each running "
+                                   "Generate stream holds one thread", default=32)
+    auth_tokens_file: str = setting("YAML file of client tokens (rate and priority each; see "
+                                    "docs/security.md); empty = no authentication",
+                                    default="")
     max_request_s: float = setting("longest a request may run, seconds: caps the client's "
                                    "deadline and gives one to a client that set none; "
                                    "0 = no cap (no deadline from the client means none)",
@@ -50,9 +64,16 @@ class GatewaySettings(ServiceSettings):
         super().validate()
         if not self.redis_url:
             raise ValueError("redis_url is required: the gateway records every request in Redis")
+        if self.max_pixel_steps < 0:
+            raise ValueError(f"max_pixel_steps={self.max_pixel_steps} must be >= 0 (0 = none)")
+        if self.max_message_bytes < 1 << 20 or self.control_threads < 4:
+            raise ValueError(f"max_message_bytes={self.max_message_bytes} must be at least "
+                             f"1 MiB and control_threads={self.control_threads} at least 4")
         if self.max_side < 8 or self.max_steps < 1 or self.max_inflight < 1:
             raise ValueError(f"max_side={self.max_side}, max_steps={self.max_steps} and "
                              f"max_inflight={self.max_inflight} must be positive")
+        if self.auth_tokens_file:
+            load_tokens(self.auth_tokens_file)   # a broken file stops the gateway at start
         if self.orphan_claim_idle_s < 3 * self.heartbeat_s:
             raise ValueError(f"orphan_claim_idle_s={self.orphan_claim_idle_s} must be at least "
                              f"3 x heartbeat_s={self.heartbeat_s}: a live gateway touches its "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from diffusion.v1 import vae_pb2, vae_pb2_grpc
+from services.common.input_checks import check_image_shape, check_latent_shape
 from services.common.server import ServiceRuntime
 from services.common.telemetry.metrics import VAE_DECODE_SECONDS, VAE_ENCODE_SECONDS
 from services.vae.engine import VaeEngine
@@ -17,6 +18,7 @@ class VaeServicer(vae_pb2_grpc.VaeServicer):
 
     def Encode(self, request: vae_pb2.VaeEncodeRequest,
                context: grpc.ServicerContext) -> vae_pb2.VaeEncodeResponse:
+        check_image_shape(request.image.shape, "image")
         self.engine.store.pipeline(request.model)
         image = self.runtime.importer.load(request.image)
         with VAE_ENCODE_SECONDS.labels(request.model).time():
@@ -26,6 +28,7 @@ class VaeServicer(vae_pb2_grpc.VaeServicer):
 
     def Decode(self, request: vae_pb2.VaeDecodeRequest,
                context: grpc.ServicerContext) -> vae_pb2.VaeDecodeResponse:
+        check_latent_shape(request.latents.shape, "latents")
         self.engine.store.pipeline(request.model)
         latents = self.runtime.importer.load(request.latents)
         with VAE_DECODE_SECONDS.labels(request.model).time():

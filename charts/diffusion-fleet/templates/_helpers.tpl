@@ -21,9 +21,11 @@ dfleet.io/node: {{ .node }}
 {{ printf "%s:%s" (required "image.repository is required" .Values.image.repository) (required "image.tag is required" .Values.image.tag) | quote }}
 {{- end -}}
 
+{{/* The Redis URL; the bundled Redis's password comes from $(REDIS_PASSWORD), which
+     dfleet.redisPasswordEnv defines just before it (Kubernetes expands it). */}}
 {{- define "dfleet.redisUrl" -}}
 {{- if .Values.redis.bundled -}}
-redis://{{ include "dfleet.fullname" . }}-redis:6379/0
+redis://:$(REDIS_PASSWORD)@{{ include "dfleet.fullname" . }}-redis:6379/0
 {{- else -}}
 {{ required "redis.externalUrl is required when redis.bundled is false" .Values.redis.externalUrl }}
 {{- end -}}
@@ -61,6 +63,40 @@ capabilities:
   drop: ["ALL"]
 {{- end -}}
 
+{{- define "dfleet.redisSecret" -}}
+{{- .Values.redis.auth.existingSecret | default (printf "%s-redis" (include "dfleet.fullname" .)) -}}
+{{- end -}}
+
+{{- define "dfleet.redisPasswordEnv" -}}
+{{- if .Values.redis.bundled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ include "dfleet.redisSecret" . }}, key: {{ .Values.redis.auth.secretKey }}}
+{{- end }}
+{{- end -}}
+
+{{/* Requests and limits of a container: its own, filled in from defaultResources. */}}
+{{- define "dfleet.resources" -}}
+{{- $res := merge (deepCopy (.own | default dict)) (deepCopy .root.Values.defaultResources) -}}
+{{- toYaml $res -}}
+{{- end -}}
+
+{{/* The fleet's certificates (security.tls.secretName: tls.crt, tls.key, ca.crt). */}}
+{{- define "dfleet.tlsVolume" -}}
+{{- if .Values.security.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ required "security.tls.secretName is required when security.tls.enabled" .Values.security.tls.secretName }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+
+{{- define "dfleet.tlsMount" -}}
+{{- if .Values.security.tls.enabled }}
+- {name: tls, mountPath: /etc/dfleet/tls, readOnly: true}
+{{- end }}
+{{- end -}}
+
 {{/* Environment of a service container; call with (dict "root" $ "role" ROLE "port" PORT). */}}
 {{- define "dfleet.serviceEnv" -}}
 - name: POD_NAME
@@ -77,6 +113,7 @@ capabilities:
   value: "$(POD_NAME)-{{ .role }}"
 - name: DFLEET_MODELS_DIR
   value: {{ .root.Values.modelStore.mountPath | quote }}
+{{- include "dfleet.redisPasswordEnv" .root }}
 - name: DFLEET_REDIS_URL
   value: {{ include "dfleet.redisUrl" .root | quote }}
 - name: DFLEET_LOG_LEVEL
@@ -99,23 +136,61 @@ capabilities:
 {{- end }}
 - name: HOME
   value: /tmp
+{{- if .root.Values.security.tls.enabled }}
+- name: DFLEET_TLS_CERT
+  value: /etc/dfleet/tls/tls.crt
+- name: DFLEET_TLS_KEY
+  value: /etc/dfleet/tls/tls.key
+- name: DFLEET_TLS_CA
+  value: /etc/dfleet/tls/ca.crt
+{{- end }}
 {{- end -}}
 
-{{/* gRPC health probes; call with (dict "root" $ "port" PORT). */}}
+{{/* Health probes; call with (dict "root" $ "port" PORT). gRPC probes, or with TLS on an
+     exec probe that checks health over the service's own TLS (the kubelet's gRPC probe
+     speaks plaintext only). */}}
+{{- define "dfleet.probe" -}}
+{{- if .root.Values.security.tls.enabled }}
+exec: {command: ["python", "-m", "services.common.health_probe", "--port", {{ .port | quote }}]}
+{{- else }}
+grpc: {port: {{ .port }}}
+{{- end }}
+{{- end -}}
+
 {{- define "dfleet.probes" -}}
 startupProbe:
-  grpc: {port: {{ .port }}}
+  {{- include "dfleet.probe" . | nindent 2 }}
   periodSeconds: 5
   failureThreshold: {{ .root.Values.probes.startupFailureThreshold }}
 readinessProbe:
-  grpc: {port: {{ .port }}}
+  {{- include "dfleet.probe" . | nindent 2 }}
   periodSeconds: {{ .root.Values.probes.periodSeconds }}
   failureThreshold: 2
+  timeoutSeconds: 5
 livenessProbe:
-  grpc: {port: {{ .port }}}
+  {{- include "dfleet.probe" . | nindent 2 }}
   periodSeconds: {{ .root.Values.probes.periodSeconds }}
   failureThreshold: 3
   timeoutSeconds: 5
+{{- end -}}
+
+{{/* One PodDisruptionBudget per node: a drain takes at most maxUnavailable of its pods at
+     a time. Call with (dict "root" $ "node" NAME). */}}
+{{- define "dfleet.pdb" -}}
+{{- if .root.Values.podDisruptionBudget.enabled }}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ printf "%s-%s" (include "dfleet.fullname" .root) .node }}
+  labels:
+    {{- include "dfleet.labels" .root | nindent 4 }}
+spec:
+  maxUnavailable: {{ .root.Values.podDisruptionBudget.maxUnavailable }}
+  selector:
+    matchLabels:
+      {{- include "dfleet.selector" (dict "root" .root "node" .node) | nindent 6 }}
+{{- end }}
 {{- end -}}
 
 {{- define "dfleet.modelVolume" -}}
@@ -149,6 +224,8 @@ initContainers:
     env:
       - name: HOME
         value: /tmp
+    resources:
+      {{- toYaml .Values.initResources | nindent 6 }}
     securityContext:
       {{- include "dfleet.containerSecurityContext" . | nindent 6 }}
     volumeMounts:

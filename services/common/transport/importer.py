@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import grpc
 import torch
@@ -31,8 +31,12 @@ log = logging.getLogger(__name__)
 class TensorImporter:
     """Thread-safe. Releases go out asynchronously; :meth:`flush` waits for them."""
 
-    def __init__(self, *, role: str = "", attach_budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
+    def __init__(self, *, role: str = "", attach_budget_bytes: int = DEFAULT_BUDGET_BYTES,
+                 open_channel: Callable[[str], grpc.Channel] | None = None) -> None:
         self.role = role
+        # How to dial a lease owner (TLS in a fleet that uses it); plaintext by default.
+        self._open_channel = open_channel or (
+            lambda owner: grpc.insecure_channel(owner, options=MESSAGE_SIZE_OPTIONS))
         self._segments = AttachedSegments(attach_budget_bytes)
         self._pools = OpenedPools()
         self._lock = threading.Lock()
@@ -167,7 +171,7 @@ class TensorImporter:
         with self._lock:
             cached = self._channels.get(owner)
             if cached is None:
-                channel = grpc.insecure_channel(owner, options=MESSAGE_SIZE_OPTIONS)
+                channel = self._open_channel(owner)
                 cached = (channel, tensor_pb2_grpc.TensorLeasesStub(channel))
                 self._channels[owner] = cached
             return cached[1]
