@@ -25,6 +25,7 @@ from diffusion.v1 import (
     controlnet_pb2,
     denoiser_pb2,
     gateway_pb2,
+    image_encoder_pb2,
     lora_cache_pb2,
     tensor_pb2,
     text_encoder_pb2,
@@ -34,6 +35,7 @@ from diffusion.v1 import (
 SERVICES = {  # role -> services it serves (besides health)
     "gateway": [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]],
     "text_encoder": [text_encoder_pb2.DESCRIPTOR.services_by_name["TextEncoder"]],
+    "image_encoder": [image_encoder_pb2.DESCRIPTOR.services_by_name["ImageEncoder"]],
     "denoiser": [denoiser_pb2.DESCRIPTOR.services_by_name["Denoiser"]],
     "controlnet": [controlnet_pb2.DESCRIPTOR.services_by_name["ControlNet"]],
     "vae": [vae_pb2.DESCRIPTOR.services_by_name["Vae"]],
