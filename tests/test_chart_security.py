@@ -72,6 +72,14 @@ def test_only_the_gateway_is_reachable_from_outside(rendered: list[dict[str, Any
     public = policies["dfleet-gateway-public"]["spec"]
     assert public["podSelector"]["matchLabels"]["dfleet.io/node"] == "gateway"
     assert public["ingress"] == [{"ports": [{"port": 50051, "protocol": "TCP"}]}]
+    scrape = policies["dfleet-metrics"]["spec"]        # the metrics port only, not gRPC
+    assert scrape["ingress"] == [{"ports": [{"port": 9090, "protocol": "TCP"}]}]
+    front = policies["dfleet-http-front-public"]["spec"]   # the HTTP front of the gateway
+    assert front["podSelector"]["matchLabels"]["dfleet.io/node"] == "http-front"
+    assert [p["port"] for p in front["ingress"][0]["ports"]] == [8000]
+    assert set(policies) == {"dfleet-default-deny", "dfleet-within-release",
+                             "dfleet-gateway-public", "dfleet-http-front-public",
+                             "dfleet-metrics"}
     # Every pod of the release is covered by the default deny.
     for name, doc in named(rendered, "Deployment").items():
         labels = doc["spec"]["template"]["metadata"]["labels"]
@@ -135,8 +143,10 @@ def test_redis_has_a_password_and_persistent_storage(rendered: list[dict[str, An
 def test_tls_and_tokens_come_from_secrets() -> None:
     docs = render(sets=("security.tls.enabled=true", "security.tls.secretName=fleet-tls",
                         "security.auth.tokensSecret=fleet-tokens"))
+    front = pods(docs)["dfleet-http-front"]["containers"][0]   # a client of the gateway
+    assert _env(front)["DFLEET_TLS_CA"]["value"] == "/etc/dfleet/tls/ca.crt"
     for name, spec in pods(docs).items():
-        if name in ("dfleet-controller", "dfleet-redis"):
+        if name in ("dfleet-controller", "dfleet-redis", "dfleet-http-front"):
             continue
         tls = next(v for v in spec["volumes"] if v["name"] == "tls")
         assert tls["secret"]["secretName"] == "fleet-tls", name
