@@ -28,25 +28,38 @@ class ChannelPool:
     def __init__(self, tls: TlsFiles | None = None) -> None:
         self.tls = tls
         self._channels: dict[str, grpc.Channel] = {}
+        self._raw: dict[str, grpc.Channel] = {}   # the watched channel under each (untraced)
         self._failed_at: dict[str, float] = {}   # address -> unix time its connection failed
         self._probes: dict[str, grpc.Future] = {}  # reconnect attempts after a close
+        self._renew: set[str] = set()    # addresses whose peer came back: new channel
         self._lock = threading.Lock()
 
     def get(self, address: str) -> grpc.Channel:
         with self._lock:
             channel = self._channels.get(address)
+            if channel is not None and address in self._renew:
+                # The peer at this address came back (a restart on the same port) while the
+                # channel waits out its reconnect backoff: a new channel connects at once.
+                self._renew.discard(address)
+                self._channels.pop(address)
+                self._raw.pop(address)
+                channel.close()
+                channel = None
             if channel is None:
                 raw = open_channel(address, self.tls, CHANNEL_OPTIONS)
-                raw.subscribe(functools.partial(self._on_state, address), try_to_connect=True)
+                self._raw[address] = raw
+                raw.subscribe(functools.partial(self._on_state, address, raw),
+                              try_to_connect=True)
                 channel = traced_channel(raw, address) if tracing.enabled() else raw
                 self._channels[address] = channel
             return channel
 
-    def _on_state(self, address: str, state: grpc.ChannelConnectivity) -> None:
+    def _on_state(self, address: str, raw: grpc.Channel,
+                  state: grpc.ChannelConnectivity) -> None:
         with self._lock:
             channel = self._channels.get(address)
-            if channel is None:
-                return
+            if channel is None or self._raw.get(address) is not raw:
+                return   # a channel closed since (its SHUTDOWN says nothing of the peer)
             if state in _FAILED:
                 self._failed_at.setdefault(address, time.time())
             elif state == grpc.ChannelConnectivity.READY:
@@ -69,12 +82,21 @@ class ChannelPool:
         time): a dead peer never heartbeats again; a live one is back within a beat."""
         with self._lock:
             failed = self._failed_at.get(address)
+            if failed is not None and heartbeat > failed:
+                del self._failed_at[address]
+                self._renew.add(address)
         return failed is None or heartbeat > failed
+
+    def fresh(self, address: str) -> grpc.Channel:
+        """A new channel of its own (the caller closes it), for an answer that no reconnect
+        backoff of the shared one can colour: is the peer there now?"""
+        return open_channel(address, self.tls, CHANNEL_OPTIONS)
 
     def close(self) -> None:
         with self._lock:
             channels = list(self._channels.values())
             self._channels.clear()
+            self._raw.clear()
             self._failed_at.clear()
             for probe in self._probes.values():
                 probe.cancel()

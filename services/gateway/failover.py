@@ -36,14 +36,15 @@ class Failover:
         """The replicas that do not answer a health check (each marked unreachable)."""
         found = []
         for replica in {r.address: r for r in replicas}.values():
-            stub = health_pb2_grpc.HealthStub(self.channels.get(replica.address))
-            try:
-                stub.Check(health_pb2.HealthCheckRequest(), timeout=PROBE_TIMEOUT_S)
-            except grpc.RpcError as err:
-                if err.code() in (grpc.StatusCode.UNAVAILABLE,
-                                  grpc.StatusCode.DEADLINE_EXCEEDED):
-                    self.channels.mark_failed(replica.address)
-                    found.append(replica)
+            with self.channels.fresh(replica.address) as channel:
+                try:
+                    health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                              timeout=PROBE_TIMEOUT_S)
+                except grpc.RpcError as err:
+                    if err.code() in (grpc.StatusCode.UNAVAILABLE,
+                                      grpc.StatusCode.DEADLINE_EXCEEDED):
+                        self.channels.mark_failed(replica.address)
+                        found.append(replica)
         return found
 
     def replaceable(self, error: BaseException, used: list[ReplicaInfo], attempt: int,
