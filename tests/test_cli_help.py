@@ -26,9 +26,11 @@ def _service_settings() -> list[tuple[str, type[ServiceSettings]]]:
     from services.controlnet.__main__ import ControlNetSettings
     from services.denoiser.settings import DenoiserSettings
     from services.gateway.settings import GatewaySettings
+    from services.http_front.settings import HttpFrontSettings
     from services.lora_cache.__main__ import LoraCacheSettings
 
     return [("text_encoder", ServiceSettings), ("vae", ServiceSettings),
+            ("image_encoder", ServiceSettings), ("http_front", HttpFrontSettings),
             ("gateway", GatewaySettings), ("denoiser", DenoiserSettings),
             ("controlnet", ControlNetSettings), ("lora_cache", LoraCacheSettings)]
 
