@@ -43,6 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from services.common.lora_files import (  # noqa: E402
+    ModelLayout,
+    convert,
+    denoiser_layers,
+    unpack,
+)
+from services.common.lora_merge import NO_PATCH, LoraPatcher  # noqa: E402
+from services.common.lora_scan import module_layout, read_tensors  # noqa: E402
 from services.common.model_store import ModelStore  # noqa: E402
 from services.controlnet.cuda_graph import GraphedControlNet  # noqa: E402
 from services.denoiser.addons.controlnet import (  # noqa: E402
@@ -55,7 +63,6 @@ from services.denoiser.engine import DenoiserEngine  # noqa: E402
 from services.denoiser.job import DenoiseJob  # noqa: E402
 from services.denoiser.local_controlnet import LocalControlNetLink  # noqa: E402
 from services.denoiser.lora_loader import LoraDeviceCache, LoraLoader  # noqa: E402
-from services.denoiser.lora_patch import NO_PATCH, LoraPatcher, parse_lora  # noqa: E402
 from services.denoiser.offline import run  # noqa: E402
 from services.denoiser.request_state import ModelInfo  # noqa: E402
 from services.denoiser.step_batch import Halves, LoadedUnet  # noqa: E402
@@ -212,11 +219,19 @@ class Ours:
         loader = None
         loras = None
         if lora:
-            host = LoraCacheEngine(self.lora_store, budget_bytes=8 << 30)  # cold host tier
+            unet_layers = module_layout(self.models["unet"])
+            layout = ModelLayout("StableDiffusionXLPipeline", {"unet": unet_layers[0]},
+                                 {"unet": unet_layers[1]}, dict(self.models["unet"].config))
+
+            def read(name: str) -> Any:
+                return convert(*read_tensors(self.lora_store.lora_path(name)), layout)
+            host = LoraCacheEngine(self.lora_store, budget_bytes=8 << 30,
+                                   read=read)  # cold host tier
 
             def fetch(spec: LoraSpec, request_id: str) -> Any:
                 held = host.fetch(spec.name)
-                return parse_lora({k: held.tensor(k) for k in held.layout}, held.metadata)
+                return denoiser_layers(unpack({k: held.tensor(k) for k in held.layout},
+                                              held.metadata))
             loader = LoraLoader(fetch, LoraDeviceCache(8 << 30), self.device)  # cold device
             loras = loader.load(list(job.addons["lora"].loras), job.request_id)
         final = run(self.engine, job, links, loras, bound)

@@ -23,13 +23,13 @@ import pytest
 import torch
 
 import dfleet
+from services.common.lora_merge import NO_PATCH
 from services.common.model_store import ModelStore
 from services.denoiser import bal_profile
 from services.denoiser.addons.lora import LoraRequest, LoraSpec
 from services.denoiser.bal import BalProfile, BalProfiles, LoraGate
 from services.denoiser.engine import DenoiserEngine
 from services.denoiser.job import DenoiseJob, StepEvent
-from services.denoiser.lora_patch import NO_PATCH
 from services.denoiser.offline import encode_prompts, join_at, read_lora_layers, ready, run
 from services.denoiser.request_state import prepare
 from services.denoiser.unet_models import unet_loader

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from services.common.lora_merge import LoraPatcher
 from services.common.model_store import ModelStore
 from services.controlnet.cuda_graph import GraphedControlNet
 from services.denoiser.addons.controlnet import ControlNetRequest, ControlNetSpec
@@ -21,7 +22,6 @@ from services.denoiser.cuda_graphs import GraphedHalves
 from services.denoiser.engine import DenoiserEngine
 from services.denoiser.job import DenoiseJob
 from services.denoiser.local_controlnet import LocalControlNetLink
-from services.denoiser.lora_patch import LoraPatcher
 from services.denoiser.offline import encode_prompts, read_lora_layers, run
 from services.denoiser.unet_halves import UnetHalves
 from services.denoiser.unet_models import unet_loader

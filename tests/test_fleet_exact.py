@@ -2,7 +2,8 @@
 
 Every service runs as its own process and every tensor between them goes by
 shared memory. Covers text-to-image, one and two ControlNets, one and two
-LoRAs with scales, image-to-image, inpainting with the 9-channel UNet, and
+LoRAs with scales (a rank-stabilised one; a DoRA merged after another LoRA on
+the same layers, in the request's order), image-to-image, inpainting with the 9-channel UNet, and
 three concurrent requests of different workflows sharing one denoiser batch.
 """
 
@@ -37,6 +38,9 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
     "lora": dict(prompt="a portrait", seed=31, loras=[("tiny-lora-r4", 1.0)]),
     "two_loras": dict(prompt="a portrait", seed=32,
                       loras=[("tiny-lora-r4", 0.6), ("tiny-lora-r8", 0.9)]),
+    "lora_rslora": dict(prompt="a portrait", seed=33, loras=[("tiny-lora-rslora", 1.2)]),
+    "lora_dora_after_r4": dict(prompt="a portrait", seed=34,
+                               loras=[("tiny-lora-r4", 0.7), ("tiny-lora-dora", 1.1)]),
     "img2img": dict(prompt="a painting of a bridge", seed=41, image=INIT, strength=0.7),
     "inpaint": dict(prompt="a cat on a sofa", seed=51, image=INIT, mask=MASK,
                     model="tiny-sd-inpainting"),

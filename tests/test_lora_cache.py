@@ -1,13 +1,13 @@
 """LoRA cache tiers: storage -> host shared memory (one copy per node) -> device, and the merge.
 
-Covers: the host tier loads a LoRA into one shared-memory segment and answers later prepares
-as hits; it evicts least recently used LoRAs to stay within its byte budget, keeps an evicted
-but recently fetched LoRA's segment until its pin ends, and unlinks everything on close; two
-denoisers fetching over gRPC read the very same segment (no copy per reader) and get the file's
-values; the device tier evicts by its own byte budget and loads each LoRA once for concurrent
-requests; merging LoRAs in place equals diffusers ``load_lora_weights`` + ``set_adapters`` +
-``fuse_lora`` (weights and UNet output within 1e-4), and switching back restores the weights
-bit for bit.
+Covers: the host tier converts a LoRA file into its layers in one shared-memory segment and
+answers later prepares as hits; it evicts least recently used LoRAs to stay within its byte
+budget, keeps an evicted but recently fetched LoRA's segment until its pin ends, and unlinks
+everything on close; two denoisers fetching over gRPC read the very same segment (no copy per
+reader) and get the file's layers; the device tier evicts by its own byte budget and loads
+each LoRA once for concurrent requests; merging LoRAs in place equals diffusers
+``load_lora_weights`` + ``set_adapters`` + ``fuse_lora`` (weights and UNet output within
+1e-4), and switching back restores the weights bit for bit.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from typing import Any
 import grpc
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from diffusion.v1 import lora_cache_pb2, lora_cache_pb2_grpc
 from services.common.channels import ChannelPool
+from services.common.lora_files import pack
+from services.common.lora_merge import NO_PATCH, LoraPatcher
 from services.common.model_store import ModelStore
 from services.common.server import ServiceRuntime
 from services.common.settings import ServiceSettings
@@ -33,7 +34,6 @@ from services.common.transport import TensorExporter, TensorImporter, local_peer
 from services.common.transport.shm import SHM_DIR
 from services.denoiser.addons.lora import LoraSpec
 from services.denoiser.lora_loader import LoraDeviceCache, LoraLoader, layers_nbytes, service_fetch
-from services.denoiser.lora_patch import NO_PATCH, LoraPatcher
 from services.denoiser.offline import read_lora_layers
 from services.lora_cache.engine import LoraCacheEngine
 from services.lora_cache.servicer import LoraCacheServicer
@@ -58,8 +58,8 @@ def test_host_tier_holds_one_segment_per_lora_and_counts_hits(store: ModelStore)
         assert (first.hit, second.hit) == (False, True)
         lora = engine.fetch(R4)
         assert _segment_exists(lora.segment.name) and lora.nbytes == first.nbytes
-        expected = load_file(str(store.lora_path(R4)))
-        assert set(lora.layout) == set(expected)
+        expected, metadata = pack(store.loras.converted(R4).layers)
+        assert set(lora.layout) == set(expected) and lora.metadata == metadata
         for key, value in expected.items():
             assert torch.equal(lora.tensor(key), value)
         assert (engine.hits, engine.misses) == (2, 1)
@@ -175,8 +175,8 @@ def test_in_place_merge_equals_diffusers_fuse_lora(store: ModelStore) -> None:
     pipe.fuse_lora(adapter_names=list(scales))
     merged = dict(pipe.unet.named_modules())
     assert max((unet.get_submodule(m).weight - w).abs().max().item()
-               for m, w in patcher.pristine.items()) > 1e-3  # the LoRAs do change the weights
-    for module in patcher.pristine:
+               for (m, _), w in patcher.pristine.items()) > 1e-3  # the LoRAs change the weights
+    for module, _ in patcher.pristine:
         fused = merged[module].base_layer.weight
         assert (unet.get_submodule(module).weight - fused).abs().max().item() <= 1e-4, module
     torch.manual_seed(3)

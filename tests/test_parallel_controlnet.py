@@ -23,6 +23,7 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 import dfleet
+from services.common.lora_merge import LoraPatcher
 from services.common.model_store import ModelStore
 from services.denoiser.addons.base import StepRows
 from services.denoiser.addons.controlnet import ControlNetAddon, ControlNetRequest, ControlNetSpec
@@ -30,7 +31,6 @@ from services.denoiser.controlnet_set import ControlNetSet
 from services.denoiser.engine import DenoiserEngine
 from services.denoiser.job import DenoiseJob
 from services.denoiser.local_controlnet import LocalControlNetLink
-from services.denoiser.lora_patch import LoraPatcher
 from services.denoiser.offline import encode_prompts, run
 from services.denoiser.request_state import ModelInfo
 from services.denoiser.step_batch import LoadedUnet, run_batch

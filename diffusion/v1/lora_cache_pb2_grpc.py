@@ -57,7 +57,7 @@ class LoraCacheServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Fetch(self, request, context):
-        """The LoRA's tensors (diffusers key names), from host memory.
+        """The LoRA's layers as its models merge them ("component/module/part"), from host memory.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -28,6 +28,7 @@ from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from services.common.errors import FailedPrecondition, NotFound
+from services.common.lora_scan import LoraCatalog
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 
@@ -65,6 +66,7 @@ class ModelStore:
             raise FailedPrecondition(f"models folder {self.root} does not exist",
                                      field="models_dir")
         self._entries = self._scan()
+        self.loras = LoraCatalog(self)     # which models each LoRA fits, on first use
         self._ip_widths: dict[Path, int] = {}
         self._lock = threading.Lock()
 

@@ -6,7 +6,8 @@ Layout of the tree (the same one :mod:`services.common.model_store` reads):
     ROOT/tiny-sd-inpainting/      same components, 9-channel inpainting UNet
     ROOT/controlnets/tiny-cn-a/   ControlNet derived from tiny-sd's UNet, outputs re-randomised
     ROOT/controlnets/tiny-cn-b/
-    ROOT/loras/tiny-lora-r4.safetensors, tiny-lora-r8.safetensors
+    ROOT/loras/tiny-lora-r4.safetensors, tiny-lora-r8.safetensors, and the other formats of
+                                  :mod:`services.common.tiny_loras`
     ROOT/ip_adapters/tiny-ip-adapter/  IP-Adapter weights (the published file layout) beside
                                   its image encoder (a CLIP vision model with projection)
 
@@ -211,6 +212,9 @@ def write_tiny_model(root: str | Path, seed: int = 0, preset: str = "tiny") -> P
                seed + 1)
     _save_lora(loras / "tiny-lora-r8.safetensors", unet, 8, ["to_k", "to_v", "proj_in", "proj_out"],
                seed + 2)
+    from services.common.tiny_loras import write_sd15_loras
+
+    write_sd15_loras(loras, unet, text_encoder, seed + 20)
     for i, name in enumerate(("tiny-ip-adapter", "tiny-ip-adapter-b")):
         # the same image encoder (seeded alike), each adapter its own projection and layers
         _save_ip_adapter(root / "ip_adapters" / name, unet, p, seed + 3, seed + 4 + i)

@@ -19,8 +19,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.lora_merge import NO_PATCH, Patch
 from services.denoiser.addons.base import LoraLayers
-from services.denoiser.lora_patch import NO_PATCH, Patch
 
 log = logging.getLogger("dfleet.denoiser")
 

@@ -1,8 +1,9 @@
 """The device tier of the LoRA cache: LoRA layers on the UNet's device, fetched in the background.
 
-The node's LoRA cache service holds LoRAs in host shared memory; this replica
-fetches one on first use (from shared memory when on the same host), parses
-it into per-module factors on its device and keeps them within a byte budget,
+The node's LoRA cache service holds LoRAs in host shared memory, converted into
+per-module layers; this replica fetches one on first use (from shared memory
+when on the same host), takes its denoiser's layers onto its device and keeps
+them within a byte budget,
 least recently used first out. A request being served keeps its layers even
 if they are evicted meanwhile; the budget is what the cache itself holds.
 
@@ -24,21 +25,20 @@ import torch
 from diffusion.v1 import lora_cache_pb2, lora_cache_pb2_grpc
 from services.common.channels import ChannelPool
 from services.common.errors import from_rpc_error
+from services.common.lora_files import denoiser_layers, unpack
+from services.common.lora_merge import Layers
 from services.common.telemetry.tracing import ContextThreadPool
 from services.common.transport import TensorImporter, local_peer
 from services.denoiser.addons.base import LoraLayers
 from services.denoiser.addons.lora import LoraSpec
-from services.denoiser.lora_patch import LoraLayer, parse_lora
 
 log = logging.getLogger("dfleet.denoiser")
 
 FETCH_TIMEOUT_S = 60.0
-Layers = dict[str, LoraLayer]
 
 
 def layers_nbytes(layers: Layers) -> int:
-    return sum(t.numel() * t.element_size() for layer in layers.values()
-               for t in (layer.down, layer.up))
+    return sum(layer.nbytes() for layer in layers.values())
 
 
 class LoraDeviceCache:
@@ -141,8 +141,7 @@ class LoraLoader:
 
     def _fetch(self, spec: LoraSpec, request_id: str) -> Layers:
         try:
-            layers = {module: LoraLayer(layer.down.to(self.device), layer.up.to(self.device),
-                                        layer.alpha)
+            layers = {module: layer.to(self.device)
                       for module, layer in self.fetch(spec, request_id).items()}
             self.cache.put(spec.name, layers)
             return layers
@@ -166,5 +165,5 @@ def service_fetch(channels: ChannelPool, importer: TensorImporter) -> Fetch:
         except grpc.RpcError as err:
             raise from_rpc_error(err, f"lora cache {spec.address}") from err
         tensors = {nt.name: importer.load(nt.tensor) for nt in response.tensors}
-        return parse_lora(tensors, dict(response.metadata))
+        return denoiser_layers(unpack(tensors, dict(response.metadata)))
     return fetch

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 import torch
-from safetensors import safe_open
 
+from services.common.lora_files import denoiser_layers
 from services.common.model_store import ModelStore
 from services.denoiser.addons.base import Addon, LoraLayers
 from services.denoiser.addons.controlnet import ControlNetAddon, step_scales
@@ -20,7 +20,6 @@ from services.denoiser.addons.preview import PreviewAddon
 from services.denoiser.controlnet_set import ControlNetSet, StepLink
 from services.denoiser.engine import DenoiserEngine
 from services.denoiser.job import DenoiseJob, ErrorEvent, FinalEvent, StepEvent
-from services.denoiser.lora_patch import parse_lora
 from services.denoiser.request_state import RequestState
 
 EVENT_TIMEOUT_S = 600.0
@@ -38,14 +37,8 @@ def encode_prompts(store: ModelStore, model: str, prompts: list[str]) -> list[to
 
 
 def read_lora_layers(store: ModelStore, names: list[str]) -> LoraLayers:
-    """Each LoRA's layers, read straight from its file."""
-    layers: LoraLayers = {}
-    for name in names:
-        with safe_open(str(store.lora_path(name)), framework="pt") as f:
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-            metadata = dict(f.metadata() or {})
-        layers[name] = parse_lora(tensors, metadata)
-    return layers
+    """Each LoRA's denoiser layers, converted from its file as the LoRA cache converts it."""
+    return {name: denoiser_layers(store.loras.converted(name).layers) for name in names}
 
 
 def ready(layers: LoraLayers) -> Future[LoraLayers]:

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import torch
 
+from services.common.lora_merge import LoraPatcher
 from services.denoiser.addons.base import BatchInput, Forward, Residuals, StepRows
-from services.denoiser.lora_patch import LoraPatcher
 from services.denoiser.request_state import ModelInfo
 from services.denoiser.unet_halves import AddedCond, DownMidOut
 from services.denoiser.work import DenoiseWork

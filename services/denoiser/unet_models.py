@@ -6,9 +6,9 @@ import torch
 
 from services.common.errors import FailedPrecondition
 from services.common.loaded_models import LoadedModels
+from services.common.lora_merge import LoraPatcher
 from services.common.model_store import ModelStore
 from services.denoiser.cuda_graphs import GraphedHalves
-from services.denoiser.lora_patch import LoraPatcher
 from services.denoiser.request_state import ModelInfo
 from services.denoiser.step_batch import Halves, LoadedUnet
 from services.denoiser.unet_halves import UnetHalves, check_supported

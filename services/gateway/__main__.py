@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(GatewaySettings, ROLE, argv)
     init_process(settings, ROLE)
     store = ModelStore(settings.models_dir)
+    store.loras.fits()   # LoRA files are matched now: a refused one is logged at start
     holder: dict[str, GatewayServicer] = {}
 
     def add(server: grpc.Server, runtime: ServiceRuntime) -> list[str]:

@@ -35,8 +35,9 @@ class LoraCacheSettings(ServiceSettings):
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(LoraCacheSettings, ROLE, argv)
     init_process(settings, ROLE)
-    engine = LoraCacheEngine(ModelStore(settings.models_dir), settings.host_budget_mb << 20,
-                             settings.fetch_pin_s)
+    store = ModelStore(settings.models_dir)
+    store.loras.fits()   # LoRA files are matched now: a refused one is logged at start
+    engine = LoraCacheEngine(store, settings.host_budget_mb << 20, settings.fetch_pin_s)
 
     def add(server: grpc.Server, runtime: ServiceRuntime) -> list[str]:
         lora_cache_pb2_grpc.add_LoraCacheServicer_to_server(

@@ -1,5 +1,9 @@
 """The node's host tier of LoRAs: storage -> host shared memory, within a byte budget, LRU.
 
+A LoRA file is converted once here, by the pipelines' own converters
+(:mod:`services.common.lora_files`), into the layers its models merge: what the segment holds
+and every reader gets is that form, whatever format the file was in.
+
 ``prepare`` returns once a LoRA is in host memory. A fetch pins the LoRA for
 ``pin_s`` seconds so the segment outlives the readers it was handed to: an
 evicted LoRA that is still pinned leaves the index at once (it no longer
@@ -13,9 +17,11 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.lora_files import ConvertedLora, pack
 from services.common.model_store import ModelStore
 from services.common.telemetry.metrics import LORA_CACHE_LOAD_SECONDS, LORA_CACHE_LOOKUPS
 from services.common.transport.shm import SegmentNamer
@@ -41,8 +47,11 @@ class _Entry:
 class LoraCacheEngine:
     """Thread-safe; one per node."""
 
-    def __init__(self, store: ModelStore, budget_bytes: int, pin_s: float = 30.0) -> None:
+    def __init__(self, store: ModelStore, budget_bytes: int, pin_s: float = 30.0,
+                 read: Callable[[str], ConvertedLora] | None = None) -> None:
+        """``read``: a LoRA's converted layers by name (the store's catalog by default)."""
         self.store = store
+        self.read = read or store.loras.converted
         self.budget_bytes = budget_bytes
         self.pin_s = pin_s
         self._namer = SegmentNamer()
@@ -78,8 +87,8 @@ class LoraCacheEngine:
                 if entry is not None:  # loaded by a concurrent prepare
                     self.hits += 1
                     return PrepareResult(name, entry.lora.nbytes, True, 0.0)
-            path = str(self.store.lora_path(name))
-            lora = HostLora.read(name, path, self._namer)
+            tensors, metadata = pack(self.read(name).layers)
+            lora = HostLora.pack(name, tensors, metadata, self._namer)
             if lora.nbytes > self.budget_bytes:
                 lora.free()
                 raise ResourceExhausted(

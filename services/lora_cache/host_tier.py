@@ -1,4 +1,4 @@
-"""One LoRA in host shared memory: all its tensors packed into one segment.
+"""One LoRA in host shared memory: its converted layers packed into one segment.
 
 Every denoiser on the node maps the same segment (by name, offset and size in
 its TensorRefs), so the node holds one copy whatever its number of replicas.
@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from safetensors import safe_open
 
 from diffusion.v1 import tensor_pb2
 from services.common.transport.codec import new_ref, view_buffer
@@ -46,29 +45,23 @@ class HostLora:
         return self.segment.size
 
     @classmethod
-    def read(cls, name: str, path: str, namer: SegmentNamer) -> HostLora:
-        """Reads ``path`` (safetensors) into a new segment."""
-        with safe_open(path, framework="pt") as f:
-            keys = sorted(f.keys())
-            metadata = dict(f.metadata() or {})
-            layout: dict[str, Placed] = {}
-            offset = 0
-            for key in keys:
-                meta = f.get_slice(key)
-                dtype = _DTYPES[meta.get_dtype()]
-                shape = tuple(int(d) for d in meta.get_shape())
-                layout[key] = Placed(offset, dtype, shape)
-                offset += -(-layout[key].nbytes // ALIGN) * ALIGN
-            segment = Segment.create(namer.next(), max(offset, ALIGN))
-            try:
-                for key in keys:
-                    place = layout[key]
-                    view_buffer(segment.buffer, place.offset, place.dtype,
-                                place.shape).copy_(f.get_tensor(key))
-            except BaseException:
-                segment.unlink()
-                segment.close()
-                raise
+    def pack(cls, name: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+             namer: SegmentNamer) -> HostLora:
+        """Copies ``tensors`` into a new segment."""
+        layout: dict[str, Placed] = {}
+        offset = 0
+        for key in sorted(tensors):
+            layout[key] = Placed(offset, tensors[key].dtype, tuple(tensors[key].shape))
+            offset += -(-layout[key].nbytes // ALIGN) * ALIGN
+        segment = Segment.create(namer.next(), max(offset, ALIGN))
+        try:
+            for key, place in layout.items():
+                view_buffer(segment.buffer, place.offset, place.dtype,
+                            place.shape).copy_(tensors[key])
+        except BaseException:
+            segment.unlink()
+            segment.close()
+            raise
         return cls(name, segment, layout, metadata)
 
     def tensor(self, key: str) -> torch.Tensor:
@@ -90,7 +83,3 @@ class HostLora:
         self.segment.unlink()
         self.segment.close()
 
-
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "F64": torch.float64, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
-           "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}

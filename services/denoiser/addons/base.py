@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from services.denoiser.lora_patch import NO_PATCH, LoraLayer, Patch
+from services.common.lora_merge import NO_PATCH, LoraLayer, Patch
 
 Residuals = tuple[list[torch.Tensor], torch.Tensor]
 LoraLayers = dict[str, dict[str, LoraLayer]]   # LoRA name -> module path -> layer

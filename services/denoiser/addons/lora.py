@@ -4,7 +4,7 @@ A request's LoRAs load in the background (:mod:`services.denoiser.lora_loader`) 
 starts denoising without them; they join at the first step boundary after they are loaded and
 never later than the BAL bound K (:mod:`services.denoiser.bal`), 0 meaning before the first
 step (exact). While joined, the request's *patch* (its (LoRA, scale) pairs) is its batch key:
-a replica holds one patch merged at a time (:mod:`services.denoiser.lora_patch`). On a CFG
+a replica holds one patch merged at a time (:mod:`services.common.lora_merge`). On a CFG
 partner the LoRAs follow the requester's steps: merged exactly when the requester had them.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 
 from diffusion.v1 import denoiser_pb2
 from services.common.errors import InvalidArgument
+from services.common.lora_merge import Patch
 from services.denoiser.addons import BuildContext, Export, ReadTensor
 from services.denoiser.addons.base import Addon, LoraLayers, WeightPatch
 from services.denoiser.bal import BalProfiles, LoraGate
-from services.denoiser.lora_patch import Patch
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class LoraRequest:
 
     @property
     def patch(self) -> Patch:
-        return tuple(sorted((spec.name, spec.scale) for spec in self.loras))
+        """In the request's order: a DoRA layer normalises what the LoRAs before it merged."""
+        return tuple((spec.name, spec.scale) for spec in self.loras)
 
 
 class LoraAddon(Addon):

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from diffusion.v1 import denoiser_pb2, gateway_pb2, lora_cache_pb2, lora_cache_pb2_grpc
-from services.common.errors import InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.fleet_state import ReplicaInfo
 from services.common.model_store import ModelStore
 from services.gateway.attachments.base import AttachContext, Attachment
@@ -73,7 +73,7 @@ class LoraKind:
             raise InvalidArgument(f"at most {limits.max_loras}", field="loras")
         plans: list[LoraPlan] = []
         for i, lora in enumerate(req.loras):
-            store.get(lora.name, ("lora",), field=f"loras[{i}].name")
+            check_fit(store, lora.name, gen.model, f"loras[{i}].name")
             if any(p.name == lora.name for p in plans):
                 raise InvalidArgument(f"LoRA {lora.name!r} is listed twice",
                                       field=f"loras[{i}].name")
@@ -81,3 +81,17 @@ class LoraKind:
             in_range(scale, -4.0, 4.0, f"loras[{i}].scale")
             plans.append(LoraPlan(lora.name, scale))
         return LoraAttachment(plans, async_steps) if plans else None
+
+
+def check_fit(store: ModelStore, name: str, model: str, field: str) -> None:
+    """Refuses, before any compute, a LoRA that model ``model`` cannot take in full."""
+    fit = store.loras.usable(name, field)
+    if model in fit.fits:
+        if fit.text_encoder_layers:
+            raise FailedPrecondition(f"LoRA {name!r} has text-encoder layers, which this fleet "
+                                     "does not apply yet (it never applies a LoRA in part)",
+                                     field=field)
+        return
+    reason = fit.misfits.get(model, f"LoRA {name!r} was not matched against {model!r}")
+    fitting = ", ".join(fit.fits)
+    raise InvalidArgument(f"{reason}; it fits {fitting}", field=field)

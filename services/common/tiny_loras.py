@@ -1,0 +1,99 @@
+"""LoRA files of the tiny trees in the formats people download, each written as its own tool
+writes it (so tests exercise the readers, not a round trip through our own writer).
+
+    loras/tiny-lora-kohya.safetensors   Kohya/A1111 (sd-scripts) keys for SD1.5: UNet attention,
+                                        projections, feed-forward and 3x3 convolutions (own rank
+                                        and alpha), text-encoder layers; fp16 with scalar alphas
+    loras/tiny-lora-rslora.safetensors  peft rank-stabilised LoRA (alpha / sqrt(rank)), with its
+                                        adapter config
+    loras/tiny-lora-dora.safetensors    peft DoRA (magnitude vectors) on linear and conv layers
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+KOHYA_UNET_LINEAR = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2",
+                     "proj_in", "proj_out")
+KOHYA_UNET_CONV = ("conv1", "conv2")
+KOHYA_TEXT = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+def kohya_name(prefix: str, module: str) -> str:
+    """sd-scripts' layer name: the prefix and the module path with dots as underscores.
+    Text encoders are named by transformers' ``text_model.`` paths, as published files are."""
+    if prefix.startswith("lora_te") and not module.startswith("text_model."):
+        module = f"text_model.{module}"
+    return f"{prefix}_{module}".replace(".", "_")
+
+
+def kohya_layers(model: torch.nn.Module, prefix: str, targets: tuple[str, ...], rank: int,
+                 alpha: float, generator: torch.Generator, std: float = 0.25
+                 ) -> dict[str, torch.Tensor]:
+    """``lora_down`` / ``lora_up`` / ``alpha`` of every module whose path ends in a target,
+    shaped as sd-scripts shapes them (conv: down [r, in, kh, kw], up [out, r, 1, 1])."""
+    tensors: dict[str, torch.Tensor] = {}
+    for path, module in model.named_modules():
+        if not path.endswith(tuple(f".{t}" for t in targets)):
+            continue
+        weight = module.weight
+        name = kohya_name(prefix, path)
+        down_shape = (rank, *weight.shape[1:])
+        up_shape = (weight.shape[0], rank, *([1] * (weight.dim() - 2)))
+        tensors[f"{name}.lora_down.weight"] = (torch.randn(down_shape, generator=generator)
+                                               * std).half()
+        tensors[f"{name}.lora_up.weight"] = (torch.randn(up_shape, generator=generator)
+                                             * std).half()
+        tensors[f"{name}.alpha"] = torch.tensor(float(alpha)).half()
+    return tensors
+
+
+def kohya_metadata(rank: int, alpha: float, conv_rank: int, conv_alpha: float
+                   ) -> dict[str, str]:
+    """The training record sd-scripts writes beside the weights (no loader reads it)."""
+    return {"ss_network_module": "networks.lora", "ss_network_dim": str(rank),
+            "ss_network_alpha": str(alpha),
+            "ss_network_args": f'{{"conv_dim": "{conv_rank}", "conv_alpha": "{conv_alpha}"}}'}
+
+
+def save_kohya_sd15(path: Path, unet: Any, text_encoder: Any, seed: int) -> None:
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = kohya_layers(unet, "lora_unet", KOHYA_UNET_LINEAR, 4, 2.0, generator)
+    tensors.update(kohya_layers(unet, "lora_unet", KOHYA_UNET_CONV, 2, 1.5, generator, 0.1))
+    tensors.update(kohya_layers(text_encoder, "lora_te", KOHYA_TEXT, 4, 2.0, generator))
+    save_file(tensors, str(path), metadata=kohya_metadata(4, 2.0, 2, 1.5))
+
+
+def save_peft_variant(path: Path, unet: Any, seed: int, *, use_rslora: bool = False,
+                      use_dora: bool = False) -> None:
+    """A peft-trained LoRA as ``save_lora_weights`` writes it, with its adapter config."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    model = copy.deepcopy(unet)
+    config = LoraConfig(r=4, lora_alpha=3, init_lora_weights=False, use_rslora=use_rslora,
+                        use_dora=use_dora, target_modules=["to_q", "to_v", "proj_in", "conv1"])
+    model.add_adapter(config)
+    layers = get_peft_model_state_dict(model)
+    for key, value in layers.items():
+        if "lora_magnitude_vector" in key:   # trained magnitudes differ from the weight norms
+            layers[key] = value * (1 + 0.2 * torch.randn(value.shape))
+        else:
+            layers[key] = value * 0.5
+    StableDiffusionPipeline.save_lora_weights(
+        path.parent, unet_lora_layers=layers, weight_name=path.name, safe_serialization=True,
+        unet_lora_adapter_metadata=config.to_dict())
+
+
+def write_sd15_loras(loras: Path, unet: Any, text_encoder: Any, seed: int) -> None:
+    loras.mkdir(parents=True, exist_ok=True)
+    save_kohya_sd15(loras / "tiny-lora-kohya.safetensors", unet, text_encoder, seed)
+    save_peft_variant(loras / "tiny-lora-rslora.safetensors", unet, seed + 1, use_rslora=True)
+    save_peft_variant(loras / "tiny-lora-dora.safetensors", unet, seed + 2, use_dora=True)
