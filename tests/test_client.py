@@ -164,7 +164,8 @@ def test_models_lists_the_tree(client: dfleet.Client) -> None:
     kinds = {m.name: m.kind for m in client.models()}
     assert kinds == {"tiny-sd": "base", "tiny-sd-inpainting": "inpainting",
                      "tiny-cn-a": "controlnet", "tiny-cn-b": "controlnet",
-                     "tiny-lora-r4": "lora", "tiny-lora-r8": "lora"}
+                     "tiny-lora-r4": "lora", "tiny-lora-r8": "lora", "tiny-lora-kohya": "lora",
+                     "tiny-lora-rslora": "lora", "tiny-lora-dora": "lora"}
 
 
 GRAY = np.full((64, 64, 3), 128, dtype=np.uint8)
