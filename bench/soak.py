@@ -143,8 +143,8 @@ def main() -> int:
     args = parser.parse_args()
     models = args.models or str(write_tiny_model(Path(f"/tmp/dfleet-soak-models-{os.getpid()}"),
                                                  seed=0))
-    end_at = time.monotonic() + args.minutes * 60
     with LocalFleet(models, env={"DFLEET_INLINE_MAX_BYTES": "1"}) as fleet:
+        end_at = time.monotonic() + args.minutes * 60   # the load's minutes, after start-up
         r = redis.Redis.from_url(fleet.redis_url)
         load = Load(fleet)
         threads = [threading.Thread(target=load.client, args=(i,), daemon=True)
