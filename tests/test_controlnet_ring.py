@@ -4,7 +4,8 @@ Covers: the ring and the gRPC path give the same residuals, equal to the model r
 process; 1,000 steps over several streams leave no segment, ring or lease behind in either
 process (the ControlNet's own Prometheus figures, /dev/shm, the denoiser side's lease table);
 the ring is what carries the steps (no fallback counted) unless the ControlNet refuses it
-(--no-step-ring) or the peer is on another host, each fallback counted by reason; a
+(--no-step-ring) or the peer is on another host, each fallback counted by reason; a step with
+a scale that is not a finite number is INVALID_ARGUMENT naming the field on both paths; a
 ControlNet killed with SIGKILL in the middle of a request ends that request with UNAVAILABLE
 naming the ControlNet, and the ring's segments of both processes are gone.
 """
@@ -30,7 +31,7 @@ import torch
 from diffusers import ControlNetModel
 
 from services.common.channels import ChannelPool
-from services.common.errors import Unavailable
+from services.common.errors import InvalidArgument, Unavailable
 from services.common.model_store import ModelStore
 from services.common.transport import (
     MESSAGE_SIZE_OPTIONS,
@@ -199,6 +200,20 @@ def test_another_host_goes_by_grpc_and_is_counted(tiny_models: Path,
         finally:
             link.close()
     assert _fallbacks("ring_other_host") == before + 1
+
+
+def test_a_bad_step_is_invalid_argument_on_both_paths(tiny_models: Path,
+                                                      denoiser_side: DenoiserSide) -> None:
+    cond, embeds, latents = _inputs(5)
+    with controlnet_process(tiny_models) as cn:
+        for ring in (True, False):
+            link = _link(denoiser_side, cn.address, f"nan-{ring}", cond, embeds, ring)
+            try:
+                link.send(0, latents, torch.tensor(500.0), float("nan"))
+                with pytest.raises(InvalidArgument, match="step.conditioning_scale"):
+                    link.receive()
+            finally:
+                link.close()
 
 
 @pytest.mark.parametrize("ring", [True, False], ids=["ring", "grpc"])

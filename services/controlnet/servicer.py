@@ -78,7 +78,6 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
                 return
             for message in _until_closed(requests, context):
                 step = message.step
-                check_finite(step.conditioning_scale, "step.conditioning_scale", -1000.0, 1000.0)
                 exporter.release(step.release_lease_ids)
                 latents = importer.load(step.latents, release=False)
                 (down, mid), compute_ms = self._answer(stream, latents, step.timestep,
@@ -120,6 +119,8 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
     def _answer(self, stream: _Stream, latents: torch.Tensor, timestep_value: float,
                 scale: float) -> tuple[Residuals, float]:
         """One step's residuals and the milliseconds spent computing them."""
+        check_finite(scale, "step.conditioning_scale", -1000.0, 1000.0)
+        check_finite(timestep_value, "step.timestep")
         if not stream.checked:
             stream.controlnet.check_compatible(stream.embeds, latents)
             stream.checked = True
