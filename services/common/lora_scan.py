@@ -172,21 +172,18 @@ def fit_lora(name: str, path: Path, layouts: dict[str, ModelLayout]) -> LoraFit:
     except Exception as err:  # noqa: BLE001 - any unreadable file is refused, not fatal
         return LoraFit(name, refusal=f"LoRA {name!r} cannot be read: {err}")
     converted: dict[str, ConvertedLora | str] = {}
+    values: list[tuple[dict[str, torch.Tensor], dict[str, str]]] = []
     for pipeline, layout in layouts.items():
         try:
             converted[pipeline] = convert(tensors, metadata, layout)
-        except LoraFormatError as err:
-            converted[pipeline] = str(err)
-        except NotImplementedError:       # a converter that needs the values, not the shapes
-            converted[pipeline] = _convert_read(path, layout)
+        except (LoraFormatError, NotImplementedError):
+            # some converters look at values (a sparse up projection), not only shapes
+            values = values or [read_tensors(path)]
+            try:
+                converted[pipeline] = convert(*values[0], layout)
+            except LoraFormatError as err:
+                converted[pipeline] = str(err)
     return _fit(name, converted)
-
-
-def _convert_read(path: Path, layout: ModelLayout) -> ConvertedLora | str:
-    try:
-        return convert(*read_tensors(path), layout)
-    except LoraFormatError as err:
-        return str(err)
 
 
 def _fit(name: str, converted: dict[str, ConvertedLora | str]) -> LoraFit:

@@ -12,10 +12,13 @@ writes it (so tests exercise the readers, not a round trip through our own write
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from services.common.lora_scan import pipeline_layout
 
 KOHYA_UNET_LINEAR = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2",
                      "proj_in", "proj_out")
@@ -31,19 +34,19 @@ def kohya_name(prefix: str, module: str) -> str:
     return f"{prefix}_{module}".replace(".", "_")
 
 
-def kohya_layers(model: torch.nn.Module, prefix: str, targets: tuple[str, ...], rank: int,
-                 alpha: float, generator: torch.Generator, std: float = 0.25
-                 ) -> dict[str, torch.Tensor]:
-    """``lora_down`` / ``lora_up`` / ``alpha`` of every module whose path ends in a target,
-    shaped as sd-scripts shapes them (conv: down [r, in, kh, kw], up [out, r, 1, 1])."""
+def kohya_layers(weights: dict[str, tuple[int, ...]], prefix: str, targets: tuple[str, ...],
+                 rank: int, alpha: float, generator: torch.Generator, std: float = 0.25,
+                 rename: Callable[[str], str] = str) -> dict[str, torch.Tensor]:
+    """``lora_down`` / ``lora_up`` / ``alpha`` of every module (path -> weight shape) whose
+    path ends in a target, shaped as sd-scripts shapes them (conv: down [r, in, kh, kw], up
+    [out, r, 1, 1]); ``rename`` maps a module path to the trainer's own."""
     tensors: dict[str, torch.Tensor] = {}
-    for path, module in model.named_modules():
+    for path, shape in sorted(weights.items()):
         if not path.endswith(tuple(f".{t}" for t in targets)):
             continue
-        weight = module.weight
-        name = kohya_name(prefix, path)
-        down_shape = (rank, *weight.shape[1:])
-        up_shape = (weight.shape[0], rank, *([1] * (weight.dim() - 2)))
+        name = kohya_name(prefix, rename(path))
+        down_shape = (rank, *shape[1:])
+        up_shape = (shape[0], rank, *([1] * (len(shape) - 2)))
         tensors[f"{name}.lora_down.weight"] = (torch.randn(down_shape, generator=generator)
                                                * std).half()
         tensors[f"{name}.lora_up.weight"] = (torch.randn(up_shape, generator=generator)
@@ -60,13 +63,16 @@ def kohya_metadata(rank: int, alpha: float, conv_rank: int, conv_alpha: float
             "ss_network_args": f'{{"conv_dim": "{conv_rank}", "conv_alpha": "{conv_alpha}"}}'}
 
 
-def save_kohya_sd15(path: Path, unet: Any, text_encoder: Any, seed: int) -> None:
+def save_kohya_sd15(path: Path, pipeline: Path, seed: int) -> None:
     from safetensors.torch import save_file
 
+    layout = pipeline_layout(pipeline)
+    assert layout is not None
+    unet, text = layout.weights["unet"], layout.weights["text_encoder"]
     generator = torch.Generator().manual_seed(seed)
     tensors = kohya_layers(unet, "lora_unet", KOHYA_UNET_LINEAR, 4, 2.0, generator)
     tensors.update(kohya_layers(unet, "lora_unet", KOHYA_UNET_CONV, 2, 1.5, generator, 0.1))
-    tensors.update(kohya_layers(text_encoder, "lora_te", KOHYA_TEXT, 4, 2.0, generator))
+    tensors.update(kohya_layers(text, "lora_te", KOHYA_TEXT, 4, 2.0, generator))
     save_file(tensors, str(path), metadata=kohya_metadata(4, 2.0, 2, 1.5))
 
 
@@ -92,8 +98,15 @@ def save_peft_variant(path: Path, unet: Any, seed: int, *, use_rslora: bool = Fa
         unet_lora_adapter_metadata=config.to_dict())
 
 
-def write_sd15_loras(loras: Path, unet: Any, text_encoder: Any, seed: int) -> None:
+def write_tiny_loras(root: Path, seed: int) -> None:
+    """The files of every format whose base model the tree under ``root`` has."""
+    from diffusers import UNet2DConditionModel
+
+    loras = root / "loras"
     loras.mkdir(parents=True, exist_ok=True)
-    save_kohya_sd15(loras / "tiny-lora-kohya.safetensors", unet, text_encoder, seed)
-    save_peft_variant(loras / "tiny-lora-rslora.safetensors", unet, seed + 1, use_rslora=True)
-    save_peft_variant(loras / "tiny-lora-dora.safetensors", unet, seed + 2, use_dora=True)
+    if (root / "tiny-sd").is_dir():
+        unet = UNet2DConditionModel.from_pretrained(root / "tiny-sd" / "unet")
+        save_kohya_sd15(loras / "tiny-lora-kohya.safetensors", root / "tiny-sd", seed)
+        save_peft_variant(loras / "tiny-lora-rslora.safetensors", unet, seed + 1,
+                          use_rslora=True)
+        save_peft_variant(loras / "tiny-lora-dora.safetensors", unet, seed + 2, use_dora=True)

@@ -212,12 +212,12 @@ def write_tiny_model(root: str | Path, seed: int = 0, preset: str = "tiny") -> P
                seed + 1)
     _save_lora(loras / "tiny-lora-r8.safetensors", unet, 8, ["to_k", "to_v", "proj_in", "proj_out"],
                seed + 2)
-    from services.common.tiny_loras import write_sd15_loras
-
-    write_sd15_loras(loras, unet, text_encoder, seed + 20)
     for i, name in enumerate(("tiny-ip-adapter", "tiny-ip-adapter-b")):
         # the same image encoder (seeded alike), each adapter its own projection and layers
         _save_ip_adapter(root / "ip_adapters" / name, unet, p, seed + 3, seed + 4 + i)
+    from services.common.tiny_loras import write_tiny_loras
+
+    write_tiny_loras(root, seed + 20)
     (root / "tree.json").write_text(json.dumps({"generator": "dfleet tiny-model", "seed": seed,
                                                 "preset": preset}, indent=1))
     return root
