@@ -7,6 +7,8 @@ writes it (so tests exercise the readers, not a round trip through our own write
     loras/tiny-lora-rslora.safetensors  peft rank-stabilised LoRA (alpha / sqrt(rank)), with its
                                         adapter config
     loras/tiny-lora-dora.safetensors    peft DoRA (magnitude vectors) on linear and conv layers
+    loras/tiny-sdxl-lora-kohya.safetensors  Kohya SDXL: sgm UNet block names, both text encoders
+                                        (``lora_te1_``, ``lora_te2_``)
 """
 
 from __future__ import annotations
@@ -76,6 +78,48 @@ def save_kohya_sd15(path: Path, pipeline: Path, seed: int) -> None:
     save_file(tensors, str(path), metadata=kohya_metadata(4, 2.0, 2, 1.5))
 
 
+def sgm_path(path: str, layers_per_block: int) -> str:
+    """A UNet module's path in the SDXL original (sgm) UNet sd-scripts trains on:
+    ``down_blocks.1.attentions.0`` is ``input_blocks.4.1``, ``resnets.N.conv1`` is
+    ``in_layers.2``, ``mid_block.attentions.0`` is ``middle_block.1``."""
+    parts = path.split(".")
+    per = layers_per_block + 1
+    resnet = {"conv1": "in_layers.2", "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1",
+              "conv_shortcut": "skip_connection"}
+    if parts[0] == "mid_block":
+        block = {"resnets.0": "0", "attentions.0": "1", "resnets.1": "2"}[".".join(parts[1:3])]
+        head, rest = f"middle_block.{block}", parts[3:]
+    else:
+        number, kind, layer = int(parts[1]), parts[2], int(parts[3])
+        index = 1 + number * per + layer if parts[0] == "down_blocks" else number * per + layer
+        sgm = "input_blocks" if parts[0] == "down_blocks" else "output_blocks"
+        head, rest = f"{sgm}.{index}.{0 if kind == 'resnets' else 1}", parts[4:]
+    if rest and rest[0] in resnet:
+        rest = [resnet[rest[0]], *rest[1:]]
+    return ".".join([head, *rest])
+
+
+def save_kohya_sdxl(path: Path, pipeline: Path, seed: int) -> None:
+    """sd-scripts' SDXL names: sgm UNet blocks, ``lora_te1_`` / ``lora_te2_`` encoders."""
+    from safetensors.torch import save_file
+
+    layout = pipeline_layout(pipeline)
+    assert layout is not None and layout.unet_config is not None
+    per_block = int(layout.unet_config["layers_per_block"])
+    unet = {m: shape for m, shape in layout.weights["unet"].items()
+            if m.startswith(("down_blocks.", "up_blocks.", "mid_block."))
+            and (".attentions." in m or ".resnets." in m)}
+    generator = torch.Generator().manual_seed(seed)
+    tensors = kohya_layers(unet, "lora_unet", KOHYA_UNET_LINEAR, 4, 4.0, generator,
+                           rename=lambda m: sgm_path(m, per_block))
+    tensors.update(kohya_layers(unet, "lora_unet", KOHYA_UNET_CONV, 2, 1.0, generator, 0.1,
+                                rename=lambda m: sgm_path(m, per_block)))
+    for prefix, component in (("lora_te1", "text_encoder"), ("lora_te2", "text_encoder_2")):
+        tensors.update(kohya_layers(layout.weights[component], prefix, KOHYA_TEXT, 4, 4.0,
+                                    generator))
+    save_file(tensors, str(path), metadata=kohya_metadata(4, 4.0, 2, 1.0))
+
+
 def save_peft_variant(path: Path, unet: Any, seed: int, *, use_rslora: bool = False,
                       use_dora: bool = False) -> None:
     """A peft-trained LoRA as ``save_lora_weights`` writes it, with its adapter config."""
@@ -110,3 +154,5 @@ def write_tiny_loras(root: Path, seed: int) -> None:
         save_peft_variant(loras / "tiny-lora-rslora.safetensors", unet, seed + 1,
                           use_rslora=True)
         save_peft_variant(loras / "tiny-lora-dora.safetensors", unet, seed + 2, use_dora=True)
+    if (root / "tiny-sdxl").is_dir():
+        save_kohya_sdxl(loras / "tiny-sdxl-lora-kohya.safetensors", root / "tiny-sdxl", seed + 3)
