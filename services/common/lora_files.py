@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +48,9 @@ TEXT_ENCODER_RANK_MODULES = (".q_proj", ".k_proj", ".v_proj", ".out_proj", ".fc1
 UNSUPPORTED_OPTIONS = ("fan_in_fan_out", "modules_to_save", "layer_replication",
                        "layers_to_transform", "alora_invocation_tokens",
                        "trainable_token_indices", "target_parameters")
+# The converters log what they drop; make sure those records exist whatever the verbosity.
+for _logger in ("diffusers.loaders.lora_conversion_utils", "diffusers.loaders.lora_pipeline"):
+    logging.getLogger(_logger).setLevel(logging.WARNING)
 _PARTS = ((".lora_A.weight", "down"), (".lora_B.weight", "up"), (".lora_B.bias", "bias"),
           (".lora_magnitude_vector", "magnitude"))
 
@@ -132,12 +139,48 @@ def _converted(loader: Any, tensors: dict[str, torch.Tensor], layout: ModelLayou
         kwargs["return_alphas"] = True
     if issubclass(loader, StableDiffusionXLLoraLoaderMixin) and layout.unet_config is not None:
         kwargs["unet_config"] = FrozenDict(layout.unet_config)
-    try:
-        state_dict, alphas, _ = loader.lora_state_dict(tensors, **kwargs)
-    except (ValueError, KeyError, IndexError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LoraFormatError(f"{layout.loader}'s LoRA converter refused it: {first}") from err
+    before = _up_rows(tensors)    # the converters pop keys from the dict they are given
+    with converter_warnings() as warnings:
+        try:
+            state_dict, alphas, _ = loader.lora_state_dict(tensors, **kwargs)
+        except Exception as err:  # noqa: BLE001 - a converter failing on a user's file refuses it
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise LoraFormatError(f"{layout.loader}'s LoRA converter refused it: {first}") from err
+    if warnings:   # e.g. keys it could not place, dropped with a warning
+        first = warnings[0].strip().splitlines()[0]
+        raise LoraFormatError(f"{layout.loader}'s LoRA converter would drop part of it: {first}")
+    after = _up_rows(state_dict)
+    if after != before:
+        # a converter may filter keys it does not know without a word; every output row of an
+        # up projection lands in some converted layer (split or not) unless one was dropped
+        raise LoraFormatError(f"{layout.loader}'s LoRA converter drops layers holding "
+                              f"{before - after} of its {before} up-projection rows")
     return state_dict, alphas
+
+
+def _up_rows(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(int(t.shape[0]) for k, t in tensors.items()
+               if k.endswith(("up.weight", "lora_B.weight")) and t.dim() >= 2)
+
+
+@contextmanager
+def converter_warnings() -> Iterator[list[str]]:
+    """The warnings the library logs on this thread meanwhile (its converters drop what they
+    cannot place with a warning, not an error)."""
+    caught: list[str] = []
+    thread = threading.get_ident()
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.thread == thread and record.levelno >= logging.WARNING:
+                caught.append(record.getMessage())
+    handler = Catch()
+    library = logging.getLogger("diffusers")
+    library.addHandler(handler)
+    try:
+        yield caught
+    finally:
+        library.removeHandler(handler)
 
 
 def _component_config(adapter: dict[str, Any] | None, component: str) -> dict[str, Any] | None:

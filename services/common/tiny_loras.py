@@ -120,6 +120,54 @@ def save_kohya_sdxl(path: Path, pipeline: Path, seed: int) -> None:
     save_file(tensors, str(path), metadata=kohya_metadata(4, 4.0, 2, 1.0))
 
 
+def kohya_flux_layers(weights: dict[str, tuple[int, ...]], rank: int, alpha: float,
+                      generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """sd-scripts' Flux names, over the original model's fused layers: ``double_blocks_N``
+    (``img_attn_qkv`` is the transformer's to_q, to_k and to_v in one), ``single_blocks_N``.
+    The single blocks' ``linear1`` is left out: the converter splits it at Flux-dev widths."""
+    double = sorted({int(m.split(".")[1]) for m in weights if m.startswith("transformer_blocks.")})
+    single = sorted({int(m.split(".")[1]) for m in weights
+                     if m.startswith("single_transformer_blocks.")})
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i in double:
+        block = f"transformer_blocks.{i}"
+        out, hidden = weights[f"{block}.attn.to_q"]
+        for side, attn, ff, norm in (("img", "attn.to_out.0", "ff", "norm1"),
+                                     ("txt", "attn.to_add_out", "ff_context", "norm1_context")):
+            name = f"lora_unet_double_blocks_{i}_{side}"
+            shapes[f"{name}_attn_qkv"] = (3 * out, hidden)
+            shapes[f"{name}_attn_proj"] = weights[f"{block}.{attn}"]
+            shapes[f"{name}_mlp_0"] = weights[f"{block}.{ff}.net.0.proj"]
+            shapes[f"{name}_mlp_2"] = weights[f"{block}.{ff}.net.2"]
+            shapes[f"{name}_mod_lin"] = weights[f"{block}.{norm}.linear"]
+    for i in single:
+        shapes[f"lora_unet_single_blocks_{i}_linear2"] = weights[
+            f"single_transformer_blocks.{i}.proj_out"]
+        shapes[f"lora_unet_single_blocks_{i}_modulation_lin"] = weights[
+            f"single_transformer_blocks.{i}.norm.linear"]
+    tensors: dict[str, torch.Tensor] = {}
+    for name, (out, inp) in shapes.items():
+        tensors[f"{name}.lora_down.weight"] = (torch.randn(rank, inp, generator=generator)
+                                               * 0.25).to(torch.bfloat16)
+        tensors[f"{name}.lora_up.weight"] = (torch.randn(out, rank, generator=generator)
+                                             * 0.25).to(torch.bfloat16)
+        tensors[f"{name}.alpha"] = torch.tensor(float(alpha)).to(torch.bfloat16)
+    return tensors
+
+
+def save_kohya_flux(path: Path, pipeline: Path, seed: int) -> None:
+    """A Flux LoRA as sd-scripts writes it (bf16): transformer blocks and the CLIP encoder."""
+    from safetensors.torch import save_file
+
+    layout = pipeline_layout(pipeline)
+    assert layout is not None
+    generator = torch.Generator().manual_seed(seed)
+    tensors = kohya_flux_layers(layout.weights["transformer"], 4, 2.0, generator)
+    tensors.update({k: v.to(torch.bfloat16) for k, v in kohya_layers(
+        layout.weights["text_encoder"], "lora_te1", KOHYA_TEXT, 4, 2.0, generator).items()})
+    save_file(tensors, str(path), metadata=kohya_metadata(4, 2.0, 4, 2.0))
+
+
 def save_peft_variant(path: Path, unet: Any, seed: int, *, use_rslora: bool = False,
                       use_dora: bool = False) -> None:
     """A peft-trained LoRA as ``save_lora_weights`` writes it, with its adapter config."""
