@@ -34,7 +34,7 @@ from dfleet.local_fleet import ROLES, LocalFleet, wait_healthy
 from tests.diffusers_reference import sample_image
 from tests.test_redis_faults import RedisServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]   # minutes of kills and restarts
 
 KINDS: dict[str, dict[str, Any]] = {
     "txt2img": {},
