@@ -13,6 +13,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.model_files import weights_variant
+from services.common.model_store import ModelStore
+
 INPAINT_CHANNELS = 9
 
 
@@ -25,6 +28,7 @@ class PipelineModel:
     kind: str
     default_size: int
     family: str = "sd"
+    variant: str | None = None   # the precision variant the folder holds only, if so
 
 
 @dataclass(frozen=True)
@@ -58,14 +62,17 @@ def _pipeline_model(path: Path) -> PipelineModel:
     index = json.loads((path / "model_index.json").read_text())
     family = "sdxl" if "XL" in index.get("_class_name", "") else "sd"
     return PipelineModel(name=path.name, path=path, kind=kind, default_size=int(sample) * scale,
-                         family=family)
+                         family=family, variant=weights_variant(path / "unet"))
 
 
 def scan_catalog(root: str | Path) -> ModelCatalog:
-    """Reads the tree under ``root``; raises FileNotFoundError when it holds no pipeline."""
+    """Reads the tree under ``root``; raises FileNotFoundError when it holds no pipeline. The
+    pipelines are those the fleet serves from the same tree (its model store skips folders it
+    cannot load), so both systems serve the same models."""
     root = Path(root)
+    served = {e.name for e in ModelStore(root).entries() if e.kind in ("base", "inpainting")}
     models = {p.name: _pipeline_model(p) for p in sorted(root.iterdir())
-              if (p / "model_index.json").is_file()}
+              if (p / "model_index.json").is_file() and p.name in served}
     if not models:
         raise FileNotFoundError(f"no diffusers pipeline folder under {root}")
     cn_dir, lora_dir = root / "controlnets", root / "loras"

@@ -78,7 +78,8 @@ class PipelineSet:
         self._loaded: OrderedDict[tuple[str, str], None] = OrderedDict()  # (model, LoRA), LRU
         self.components = {
             name: DiffusionPipeline.from_pretrained(
-                model.path, local_files_only=True,
+                model.path, local_files_only=True, variant=model.variant,
+                torch_dtype=torch.float32,
                 **(_SD_ONLY if model.family == "sd" else {})).components
             for name, model in catalog.models.items()
         }

@@ -1,6 +1,6 @@
 """SDXL-shaped workflows on one GPU: this fleet's denoiser engine against plain diffusers.
 
-Random-weight SDXL UNet, ControlNet and VAE from ``../shared/model_configs`` (fp16),
+Random-weight SDXL UNet, ControlNet and VAE from ``bench/model_configs`` (fp16),
 random prompt embeddings of SDXL's shapes (text encoding is left out of both
 sides), 1024x1024, 30 steps, CFG 5. Three workflows: base, + ControlNet,
 + ControlNet + a rank-64 LoRA on the attention projections, read from its file
@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from services.common.families import FAMILIES  # noqa: E402
 from services.common.lora_files import (  # noqa: E402
     ModelLayout,
     convert,
@@ -69,7 +70,7 @@ from services.denoiser.step_batch import Halves, LoadedUnet  # noqa: E402
 from services.denoiser.unet_halves import UnetHalves  # noqa: E402
 from services.lora_cache.engine import LoraCacheEngine  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "model_configs"
+CONFIGS = Path(__file__).resolve().parent / "model_configs"
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 GUIDANCE = 5.0
 
@@ -185,7 +186,8 @@ class Ours:
         sched = scheduler()
         info = ModelInfo(scheduler_config={**sched.config, "_class_name": type(sched).__name__},
                          vae_scaling_factor=models["vae"].config.scaling_factor,
-                         vae_scale_factor=8, in_channels=4, device=device, dtype=dtype)
+                         vae_scale_factor=8, in_channels=4, device=device, dtype=dtype,
+                         family=FAMILIES["sdxl"])
         halves: Halves = GraphedHalves(UnetHalves(unet)) if graphs else UnetHalves(unet)
         self.loaded = LoadedUnet(unet, info, LoraPatcher(unet), halves)
         self.engine = DenoiserEngine(lambda name: self.loaded)

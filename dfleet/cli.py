@@ -205,7 +205,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         healthy = healthy and health == "up"
         print(f"  {service['role']:<13} {service['address']:<22} pid {service['pid']:<8} "
               f"restarts {service.get('restarts', 0):<3} {health}")
+    _print_unavailable(state["gateway"], tls.ca_file if tls else None)
     return 0 if healthy else 1
+
+
+def _print_unavailable(gateway: str, tls_ca: str | None) -> None:
+    """The model folders the fleet skipped, and why (asked of the gateway)."""
+    import dfleet
+
+    try:
+        with dfleet.Client(gateway, timeout=5, tls_ca=tls_ca) as client:
+            skipped = [m for m in client.models() if m.kind == "unavailable"]
+    except dfleet.FleetError as exc:
+        print(f"models: the gateway did not answer ({exc})")
+        return
+    for model in skipped:
+        print(f"  model {model.name} is unavailable: {model.reason}")
 
 
 def cmd_controller(argv: list[str]) -> int:

@@ -163,8 +163,9 @@ def status_from_proto(response: gateway_pb2.GetRequestResponse) -> RequestStatus
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A model, ControlNet or LoRA the fleet serves; ``kind`` says which. Base and inpainting
-    models list the schedulers a request may name, and their own."""
+    """A model, ControlNet, LoRA or IP-Adapter the fleet serves; ``kind`` says which. Base and
+    inpainting models give their family, the add-ons they take, the schedulers a request may
+    name and their own. A folder the fleet cannot serve has kind "unavailable" and a reason."""
 
     name: str
     kind: str
@@ -172,11 +173,15 @@ class ModelInfo:
     default_height: int
     schedulers: tuple[str, ...] = ()
     default_scheduler: str = ""
+    family: str = ""
+    addons: tuple[str, ...] = ()
+    reason: str = ""           # kind "unavailable": why the fleet cannot serve it
 
 
 def models_from_proto(response: gateway_pb2.ListModelsResponse) -> list[ModelInfo]:
     return [ModelInfo(m.name, m.kind, m.default_width, m.default_height, tuple(m.schedulers),
-                      m.default_scheduler) for m in response.models]
+                      m.default_scheduler, m.family, tuple(m.addons), m.reason)
+            for m in response.models]
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The seeded tiny model tree, written once per test session."""
+    """The seeded tiny model tree, written once per test session, with folders as users have
+    them beside it (tests/odd_folders.py)."""
     from services.common.tiny_model import write_tiny_model
+    from tests.odd_folders import write_odd_folders
 
-    return write_tiny_model(tmp_path_factory.mktemp("models"), seed=0)
+    root = write_tiny_model(tmp_path_factory.mktemp("models"), seed=0)
+    write_odd_folders(root)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,24 @@ import PIL.Image
 import torch
 
 LOAD = dict(local_files_only=True, safety_checker=None, requires_safety_checker=False)
+
+
+def _pipelines(xl: bool) -> dict[str, Any]:
+    import diffusers
+
+    prefix = "StableDiffusionXL" if xl else "StableDiffusion"
+    return {kind: getattr(diffusers, f"{prefix}{suffix}Pipeline")
+            for kind, suffix in (("txt2img", ""), ("img2img", "Img2Img"),
+                                 ("inpaint", "Inpaint"), ("controlnet", "ControlNet"))}
+
+
+class _Pipelines(dict):  # type: ignore[type-arg]
+    def __missing__(self, xl: bool) -> dict[str, Any]:
+        self[xl] = _pipelines(xl)
+        return self[xl]
+
+
+PIPELINES = _Pipelines()
 
 
 def sample_image(seed: int, size: int = 64) -> PIL.Image.Image:
@@ -53,37 +72,42 @@ def reference_images(models: Path, *, prompt: str, seed: int, steps: int = 20,
                      loras: list[tuple[str, float]] = (), image: PIL.Image.Image | None = None,
                      mask: PIL.Image.Image | None = None, strength: float | None = None,
                      model: str = "tiny-sd", scheduler: str = "", num_images: int = 1,
-                     ip_adapters: list[tuple[str, PIL.Image.Image, float]] = ()
-                     ) -> np.ndarray:
+                     ip_adapters: list[tuple[str, PIL.Image.Image, float]] = (),
+                     variant: str | None = None) -> np.ndarray:
     """Float images [num_images, H, W, 3] in [0, 1] of the matching diffusers pipeline, image
     i drawn with generator seed + i."""
     import diffusers
 
     generators = [torch.Generator().manual_seed(seed + i) for i in range(num_images)]
-    common: dict[str, Any] = dict(prompt=prompt, negative_prompt=negative_prompt,
+    # No negative prompt is what a caller who gives none passes (SDXL then zeroes it).
+    common: dict[str, Any] = dict(prompt=prompt, negative_prompt=negative_prompt or None,
                                   num_inference_steps=steps, guidance_scale=guidance_scale,
                                   generator=generators[0] if num_images == 1 else generators,
                                   num_images_per_prompt=num_images, output_type="np")
     folder = models / model
+    xl = "XL" in json.loads((folder / "model_index.json").read_text())["_class_name"]
+    kinds = PIPELINES[xl]
+    # a variant's half-precision weights, computed in float32 as the fleet does on the CPU
+    load = {**LOAD, "variant": variant, "torch_dtype": torch.float32} if variant else LOAD
     if controlnets:
         nets = [diffusers.ControlNetModel.from_pretrained(models / "controlnets" / name,
                                                           local_files_only=True)
                 for name, _, _ in controlnets]
-        pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(
-            folder, controlnet=nets if len(nets) > 1 else nets[0], **LOAD)
+        pipe = kinds["controlnet"].from_pretrained(
+            folder, controlnet=nets if len(nets) > 1 else nets[0], **load)
         images = [img for _, img, _ in controlnets]
         scales = [s for _, _, s in controlnets]
         common.update(image=images if len(nets) > 1 else images[0], height=height, width=width,
                       controlnet_conditioning_scale=scales if len(nets) > 1 else scales[0])
     elif mask is not None:
-        pipe = diffusers.StableDiffusionInpaintPipeline.from_pretrained(folder, **LOAD)
+        pipe = kinds["inpaint"].from_pretrained(folder, **load)
         common.update(image=image, mask_image=mask, height=height, width=width,
                       strength=1.0 if strength is None else strength)
     elif image is not None:
-        pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(folder, **LOAD)
+        pipe = kinds["img2img"].from_pretrained(folder, **load)
         common.update(image=image, strength=0.8 if strength is None else strength)
     else:
-        pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, **LOAD)
+        pipe = kinds["txt2img"].from_pretrained(folder, **load)
         common.update(height=height, width=width)
     pipe.set_progress_bar_config(disable=True)
     if scheduler and scheduler != "default":

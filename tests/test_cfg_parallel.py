@@ -4,7 +4,8 @@ ControlNet replicas (every service its own process, tensors by shared memory).
 Covers: with ``cfg_parallel`` the request's unconditional pass runs on the second denoiser
 (reported in the metadata) and the image equals the one-replica image and the plain diffusers
 pipeline (<= 1e-5) for text-to-image, ControlNet + LoRA (the partner runs its own ControlNet
-stream and merges the LoRA too), image-to-image, inpainting, and an IP-Adapter with a
+stream and merges the LoRA too), image-to-image, inpainting, SDXL with a ControlNet and a
+LoRA (the partner gets the rows' pooled embeddings and time ids), and an IP-Adapter with a
 ControlNet (the partner builds both for its rows, zero image embeddings being the
 unconditional ones); two CFG-parallel requests
 started at once in opposite directions (each replica the other's partner) both finish exact;
@@ -114,3 +115,12 @@ def test_two_controlnets_run_on_two_replicas(wide_fleet: Any, tiny_models: Path)
         time.sleep(0.2)
     assert len(held) == 2 and sorted(m for models in held for m in models) == \
         ["tiny-cn-a", "tiny-cn-b"], held
+
+
+def test_sdxl_cfg_parallel_with_controlnet_and_lora(wide_fleet: Any, tiny_models: Path) -> None:
+    """Last in the module: it makes a ControlNet replica hold an SDXL ControlNet too."""
+    spec = dict(prompt="a house", seed=24, steps=8, model="tiny-sdxl",
+                controlnets=[("tiny-sdxl-cn", CN_A, 0.9)], loras=[("tiny-sdxl-lora", 0.8)])
+    split, metadata = _generate(wide_fleet.gateway_address, spec, CFG)
+    assert metadata["cfg_partner"] not in ("", metadata["denoiser"]), metadata
+    assert np.abs(split - reference(tiny_models, **spec)).max() <= TOLERANCE

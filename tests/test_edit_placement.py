@@ -115,8 +115,9 @@ def test_region_ratio_counts_dilated_latent_tokens() -> None:
 def template(**kw: object) -> Template:
     base: dict[str, object] = dict(
         template_id="tpl-1", model="inp", width=64, height=64, seed=5, steps=12,
-        guidance_scale=6.0, prompt="p", image_png=b"png", prompt_embeds=torch.zeros(1),
-        negative_prompt_embeds=None, image_moments=torch.zeros(1))
+        guidance_scale=6.0, prompt="p", image_png=b"png",
+        conditioning={"prompt_embeds": torch.zeros(1)}, negative_conditioning=None,
+        image_moments=torch.zeros(1))
     return Template(**{**base, **kw})  # type: ignore[arg-type]
 
 

@@ -139,12 +139,13 @@ def test_deadline_stops_the_denoiser_mid_run(fleet: Any) -> None:
     with grpc.insecure_channel(address["text_encoder"]) as te_channel, \
             grpc.insecure_channel(address["denoiser"]) as den_channel:
         embeds = text_encoder_pb2_grpc.TextEncoderStub(te_channel).Encode(
-            text_encoder_pb2.EncodeRequest(request_id="dl-1", model="tiny-sd",
-                                           prompts=["slow", ""]), timeout=30).embeddings
+            text_encoder_pb2.EncodeRequest(request_id="dl-1", model="tiny-sd", inputs=[
+                text_encoder_pb2.PromptInput(text="slow"), text_encoder_pb2.PromptInput()]),
+            timeout=30).prompts
         call = denoiser_pb2_grpc.DenoiserStub(den_channel).Denoise(
             denoiser_pb2.DenoiseRequest(
-                request_id="dl-1", model="tiny-sd", prompt_embeds=embeds[0],
-                negative_prompt_embeds=embeds[1], width=64, height=64,
+                request_id="dl-1", model="tiny-sd", conditioning=embeds[0],
+                negative_conditioning=embeds[1], width=64, height=64,
                 num_inference_steps=500, guidance_scale=7.5, seed=1), timeout=1.0)
         steps = 0
         with pytest.raises(grpc.RpcError) as caught:

@@ -8,18 +8,27 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ControlNetOpen(_message.Message):
-    __slots__ = ("controlnet", "cond_image", "prompt_embeds", "peer", "ring")
+    __slots__ = ("controlnet", "cond_image", "prompt_embeds", "peer", "ring", "added_cond")
+    class AddedCondEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.TensorRef
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ...) -> None: ...
     CONTROLNET_FIELD_NUMBER: _ClassVar[int]
     COND_IMAGE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_EMBEDS_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     RING_FIELD_NUMBER: _ClassVar[int]
+    ADDED_COND_FIELD_NUMBER: _ClassVar[int]
     controlnet: str
     cond_image: _tensor_pb2.TensorRef
     prompt_embeds: _tensor_pb2.TensorRef
     peer: _tensor_pb2.PeerInfo
     ring: _tensor_pb2.RingOffer
-    def __init__(self, controlnet: _Optional[str] = ..., cond_image: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., ring: _Optional[_Union[_tensor_pb2.RingOffer, _Mapping]] = ...) -> None: ...
+    added_cond: _containers.MessageMap[str, _tensor_pb2.TensorRef]
+    def __init__(self, controlnet: _Optional[str] = ..., cond_image: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., ring: _Optional[_Union[_tensor_pb2.RingOffer, _Mapping]] = ..., added_cond: _Optional[_Mapping[str, _tensor_pb2.TensorRef]] = ...) -> None: ...
 
 class ControlNetStep(_message.Message):
     __slots__ = ("step", "latents", "timestep", "conditioning_scale", "release_lease_ids")

@@ -36,11 +36,9 @@ class LoraAttachment(_message.Message):
     def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ..., address: _Optional[str] = ...) -> None: ...
 
 class DenoiseRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt_embeds", "negative_prompt_embeds", "width", "height", "num_inference_steps", "guidance_scale", "seed", "strength", "image_moments", "mask", "masked_image_moments", "peer", "scheduler", "num_images", "addons")
+    __slots__ = ("request_id", "model", "width", "height", "num_inference_steps", "guidance_scale", "seed", "strength", "image_moments", "mask", "masked_image_moments", "peer", "scheduler", "num_images", "conditioning", "negative_conditioning", "addons")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
-    PROMPT_EMBEDS_FIELD_NUMBER: _ClassVar[int]
-    NEGATIVE_PROMPT_EMBEDS_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     NUM_INFERENCE_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -53,11 +51,11 @@ class DenoiseRequest(_message.Message):
     PEER_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONING_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_CONDITIONING_FIELD_NUMBER: _ClassVar[int]
     ADDONS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
-    prompt_embeds: _tensor_pb2.TensorRef
-    negative_prompt_embeds: _tensor_pb2.TensorRef
     width: int
     height: int
     num_inference_steps: int
@@ -70,8 +68,10 @@ class DenoiseRequest(_message.Message):
     peer: _tensor_pb2.PeerInfo
     scheduler: str
     num_images: int
+    conditioning: _tensor_pb2.Conditioning
+    negative_conditioning: _tensor_pb2.Conditioning
     addons: Addons
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., negative_prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., mask: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., masked_image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., scheduler: _Optional[str] = ..., num_images: _Optional[int] = ..., addons: _Optional[_Union[Addons, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., mask: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., masked_image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., scheduler: _Optional[str] = ..., num_images: _Optional[int] = ..., conditioning: _Optional[_Union[_tensor_pb2.Conditioning, _Mapping]] = ..., negative_conditioning: _Optional[_Union[_tensor_pb2.Conditioning, _Mapping]] = ..., addons: _Optional[_Union[Addons, _Mapping]] = ...) -> None: ...
 
 class Addons(_message.Message):
     __slots__ = ("lora", "controlnet", "cfg_partner", "template_edit", "preview", "ip_adapter")
@@ -128,20 +128,20 @@ class Preview(_message.Message):
     def __init__(self, every: _Optional[int] = ...) -> None: ...
 
 class TemplateEditSpec(_message.Message):
-    __slots__ = ("template_id", "activation_cache", "record", "prompt_embeds", "negative_prompt_embeds", "image_moments")
+    __slots__ = ("template_id", "activation_cache", "record", "image_moments", "conditioning", "negative_conditioning")
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_CACHE_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
-    PROMPT_EMBEDS_FIELD_NUMBER: _ClassVar[int]
-    NEGATIVE_PROMPT_EMBEDS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_MOMENTS_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONING_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_CONDITIONING_FIELD_NUMBER: _ClassVar[int]
     template_id: str
     activation_cache: bool
     record: bool
-    prompt_embeds: _tensor_pb2.TensorRef
-    negative_prompt_embeds: _tensor_pb2.TensorRef
     image_moments: _tensor_pb2.TensorRef
-    def __init__(self, template_id: _Optional[str] = ..., activation_cache: _Optional[bool] = ..., record: _Optional[bool] = ..., prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., negative_prompt_embeds: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ...) -> None: ...
+    conditioning: _tensor_pb2.Conditioning
+    negative_conditioning: _tensor_pb2.Conditioning
+    def __init__(self, template_id: _Optional[str] = ..., activation_cache: _Optional[bool] = ..., record: _Optional[bool] = ..., image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., conditioning: _Optional[_Union[_tensor_pb2.Conditioning, _Mapping]] = ..., negative_conditioning: _Optional[_Union[_tensor_pb2.Conditioning, _Mapping]] = ...) -> None: ...
 
 class CfgPartner(_message.Message):
     __slots__ = ("address", "peer")

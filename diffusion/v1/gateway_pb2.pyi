@@ -233,20 +233,26 @@ class ListModelsRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "default_width", "default_height", "schedulers", "default_scheduler")
+    __slots__ = ("name", "kind", "default_width", "default_height", "schedulers", "default_scheduler", "family", "addons", "reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_WIDTH_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     SCHEDULERS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    ADDONS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     default_width: int
     default_height: int
     schedulers: _containers.RepeatedScalarFieldContainer[str]
     default_scheduler: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., schedulers: _Optional[_Iterable[str]] = ..., default_scheduler: _Optional[str] = ...) -> None: ...
+    family: str
+    addons: _containers.RepeatedScalarFieldContainer[str]
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., schedulers: _Optional[_Iterable[str]] = ..., default_scheduler: _Optional[str] = ..., family: _Optional[str] = ..., addons: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

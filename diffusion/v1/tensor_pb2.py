@@ -24,15 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64iffusion/v1/tensor.proto\x12\x0c\x64iffusion.v1\":\n\x07HostShm\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06nbytes\x18\x03 \x01(\x04\"\xec\x01\n\x07\x43udaIpc\x12\x0f\n\x07pool_id\x18\x01 \x01(\t\x12\x0e\n\x06handle\x18\x02 \x01(\x0c\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\x05\x12\x10\n\x08gpu_uuid\x18\x04 \x01(\t\x12\x13\n\x0bpool_nbytes\x18\x05 \x01(\x04\x12\x0e\n\x06offset\x18\x06 \x01(\x04\x12\x0e\n\x06nbytes\x18\x07 \x01(\x04\x12\x1a\n\x12ref_counter_handle\x18\x08 \x01(\x0c\x12\x1a\n\x12ref_counter_offset\x18\t \x01(\x04\x12\x14\n\x0c\x65vent_handle\x18\n \x01(\x0c\x12\x1b\n\x13\x65vent_sync_required\x18\x0b \x01(\x08\"A\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x17\n\x0f\x65xpires_unix_ms\x18\x02 \x01(\x03\x12\r\n\x05owner\x18\x03 \x01(\t\"\xd5\x01\n\tTensorRef\x12\"\n\x05\x64type\x18\x01 \x01(\x0e\x32\x13.diffusion.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x10\n\x06inline\x18\x03 \x01(\x0cH\x00\x12)\n\x08host_shm\x18\x04 \x01(\x0b\x32\x15.diffusion.v1.HostShmH\x00\x12)\n\x08\x63uda_ipc\x18\x05 \x01(\x0b\x32\x15.diffusion.v1.CudaIpcH\x00\x12\"\n\x05lease\x18\x06 \x01(\x0b\x32\x13.diffusion.v1.LeaseB\t\n\x07payload\"G\n\x08PeerInfo\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x02 \x01(\t\x12\x18\n\x10inline_max_bytes\x18\x03 \x01(\x04\"*\n\tRingOffer\x12\x0e\n\x06socket\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\".\n\nRingAnswer\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x0eReleaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tlease_ids\x18\x02 \x03(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\r*\xcf\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x0f\n\x0b\x44TYPE_INT64\x10\x04\x12\x0e\n\nDTYPE_BOOL\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x07\x12\x11\n\rDTYPE_FLOAT64\x10\x08\x12\x0e\n\nDTYPE_INT8\x10\t\x12\x0f\n\x0b\x44TYPE_INT16\x10\n2V\n\x0cTensorLeases\x12\x46\n\x07Release\x12\x1c.diffusion.v1.ReleaseRequest\x1a\x1d.diffusion.v1.ReleaseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64iffusion/v1/tensor.proto\x12\x0c\x64iffusion.v1\":\n\x07HostShm\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06nbytes\x18\x03 \x01(\x04\"\xec\x01\n\x07\x43udaIpc\x12\x0f\n\x07pool_id\x18\x01 \x01(\t\x12\x0e\n\x06handle\x18\x02 \x01(\x0c\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\x05\x12\x10\n\x08gpu_uuid\x18\x04 \x01(\t\x12\x13\n\x0bpool_nbytes\x18\x05 \x01(\x04\x12\x0e\n\x06offset\x18\x06 \x01(\x04\x12\x0e\n\x06nbytes\x18\x07 \x01(\x04\x12\x1a\n\x12ref_counter_handle\x18\x08 \x01(\x0c\x12\x1a\n\x12ref_counter_offset\x18\t \x01(\x04\x12\x14\n\x0c\x65vent_handle\x18\n \x01(\x0c\x12\x1b\n\x13\x65vent_sync_required\x18\x0b \x01(\x08\"A\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x17\n\x0f\x65xpires_unix_ms\x18\x02 \x01(\x03\x12\r\n\x05owner\x18\x03 \x01(\t\"\xd5\x01\n\tTensorRef\x12\"\n\x05\x64type\x18\x01 \x01(\x0e\x32\x13.diffusion.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x10\n\x06inline\x18\x03 \x01(\x0cH\x00\x12)\n\x08host_shm\x18\x04 \x01(\x0b\x32\x15.diffusion.v1.HostShmH\x00\x12)\n\x08\x63uda_ipc\x18\x05 \x01(\x0b\x32\x15.diffusion.v1.CudaIpcH\x00\x12\"\n\x05lease\x18\x06 \x01(\x0b\x32\x13.diffusion.v1.LeaseB\t\n\x07payload\"\x91\x01\n\x0c\x43onditioning\x12\x38\n\x07tensors\x18\x01 \x03(\x0b\x32\'.diffusion.v1.Conditioning.TensorsEntry\x1aG\n\x0cTensorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef:\x02\x38\x01\"G\n\x08PeerInfo\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x02 \x01(\t\x12\x18\n\x10inline_max_bytes\x18\x03 \x01(\x04\"*\n\tRingOffer\x12\x0e\n\x06socket\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\".\n\nRingAnswer\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x0eReleaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tlease_ids\x18\x02 \x03(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\r*\xcf\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x0f\n\x0b\x44TYPE_INT64\x10\x04\x12\x0e\n\nDTYPE_BOOL\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x07\x12\x11\n\rDTYPE_FLOAT64\x10\x08\x12\x0e\n\nDTYPE_INT8\x10\t\x12\x0f\n\x0b\x44TYPE_INT16\x10\n2V\n\x0cTensorLeases\x12\x46\n\x07Release\x12\x1c.diffusion.v1.ReleaseRequest\x1a\x1d.diffusion.v1.ReleaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'diffusion.v1.tensor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=885
-  _globals['_DTYPE']._serialized_end=1092
+  _globals['_CONDITIONING_TENSORSENTRY']._loaded_options = None
+  _globals['_CONDITIONING_TENSORSENTRY']._serialized_options = b'8\001'
+  _globals['_DTYPE']._serialized_start=1033
+  _globals['_DTYPE']._serialized_end=1240
   _globals['_HOSTSHM']._serialized_start=43
   _globals['_HOSTSHM']._serialized_end=101
   _globals['_CUDAIPC']._serialized_start=104
@@ -41,16 +43,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEASE']._serialized_end=407
   _globals['_TENSORREF']._serialized_start=410
   _globals['_TENSORREF']._serialized_end=623
-  _globals['_PEERINFO']._serialized_start=625
-  _globals['_PEERINFO']._serialized_end=696
-  _globals['_RINGOFFER']._serialized_start=698
-  _globals['_RINGOFFER']._serialized_end=740
-  _globals['_RINGANSWER']._serialized_start=742
-  _globals['_RINGANSWER']._serialized_end=788
-  _globals['_RELEASEREQUEST']._serialized_start=790
-  _globals['_RELEASEREQUEST']._serialized_end=845
-  _globals['_RELEASERESPONSE']._serialized_start=847
-  _globals['_RELEASERESPONSE']._serialized_end=882
-  _globals['_TENSORLEASES']._serialized_start=1094
-  _globals['_TENSORLEASES']._serialized_end=1180
+  _globals['_CONDITIONING']._serialized_start=626
+  _globals['_CONDITIONING']._serialized_end=771
+  _globals['_CONDITIONING_TENSORSENTRY']._serialized_start=700
+  _globals['_CONDITIONING_TENSORSENTRY']._serialized_end=771
+  _globals['_PEERINFO']._serialized_start=773
+  _globals['_PEERINFO']._serialized_end=844
+  _globals['_RINGOFFER']._serialized_start=846
+  _globals['_RINGOFFER']._serialized_end=888
+  _globals['_RINGANSWER']._serialized_start=890
+  _globals['_RINGANSWER']._serialized_end=936
+  _globals['_RELEASEREQUEST']._serialized_start=938
+  _globals['_RELEASEREQUEST']._serialized_end=993
+  _globals['_RELEASERESPONSE']._serialized_start=995
+  _globals['_RELEASERESPONSE']._serialized_end=1030
+  _globals['_TENSORLEASES']._serialized_start=1242
+  _globals['_TENSORLEASES']._serialized_end=1328
 # @@protoc_insertion_point(module_scope)

@@ -94,6 +94,19 @@ class TensorRef(_message.Message):
     lease: Lease
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., inline: _Optional[bytes] = ..., host_shm: _Optional[_Union[HostShm, _Mapping]] = ..., cuda_ipc: _Optional[_Union[CudaIpc, _Mapping]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
 
+class Conditioning(_message.Message):
+    __slots__ = ("tensors",)
+    class TensorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: TensorRef
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TensorRef, _Mapping]] = ...) -> None: ...
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    tensors: _containers.MessageMap[str, TensorRef]
+    def __init__(self, tensors: _Optional[_Mapping[str, TensorRef]] = ...) -> None: ...
+
 class PeerInfo(_message.Message):
     __slots__ = ("host_id", "gpu_uuid", "inline_max_bytes")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]

@@ -7,20 +7,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PromptInput(_message.Message):
+    __slots__ = ("text", "zeros")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ZEROS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    zeros: bool
+    def __init__(self, text: _Optional[str] = ..., zeros: _Optional[bool] = ...) -> None: ...
+
 class EncodeRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompts", "peer")
+    __slots__ = ("request_id", "model", "peer", "inputs")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
-    PROMPTS_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
-    prompts: _containers.RepeatedScalarFieldContainer[str]
     peer: _tensor_pb2.PeerInfo
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompts: _Optional[_Iterable[str]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ...) -> None: ...
+    inputs: _containers.RepeatedCompositeFieldContainer[PromptInput]
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[PromptInput, _Mapping]]] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
-    __slots__ = ("embeddings",)
-    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
-    embeddings: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorRef]
-    def __init__(self, embeddings: _Optional[_Iterable[_Union[_tensor_pb2.TensorRef, _Mapping]]] = ...) -> None: ...
+    __slots__ = ("prompts",)
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    prompts: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Conditioning]
+    def __init__(self, prompts: _Optional[_Iterable[_Union[_tensor_pb2.Conditioning, _Mapping]]] = ...) -> None: ...

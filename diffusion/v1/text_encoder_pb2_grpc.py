@@ -45,7 +45,8 @@ class TextEncoderServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Encode(self, request, context):
-        """Tokenizes and encodes prompts; one embedding tensor [1, tokens, dim] per prompt.
+        """Tokenizes and encodes prompts with the model's text encoders, as its family's pipeline
+        does; one Conditioning per prompt.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -212,6 +212,9 @@ def write_tiny_model(root: str | Path, seed: int = 0, preset: str = "tiny") -> P
                seed + 1)
     _save_lora(loras / "tiny-lora-r8.safetensors", unet, 8, ["to_k", "to_v", "proj_in", "proj_out"],
                seed + 2)
+    from services.common.tiny_sdxl import write_sdxl_tree
+
+    write_sdxl_tree(root, seed + 10, vae, tokenizer, byte_vocab(), BOS, EOS)
     for i, name in enumerate(("tiny-ip-adapter", "tiny-ip-adapter-b")):
         # the same image encoder (seeded alike), each adapter its own projection and layers
         _save_ip_adapter(root / "ip_adapters" / name, unet, p, seed + 3, seed + 4 + i)

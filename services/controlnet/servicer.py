@@ -34,6 +34,7 @@ class _Stream:
     controlnet: ResidentControlNet
     embeds: torch.Tensor
     cond_image: torch.Tensor
+    added_cond: dict[str, torch.Tensor] | None = None
     checked: bool = False
     zeros: Residuals | None = field(default=None)
 
@@ -71,7 +72,9 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
         controlnet = self.engine.acquire(opening.controlnet)
         try:
             stream = _Stream(controlnet, importer.load(opening.prompt_embeds),
-                             importer.load(opening.cond_image))
+                             importer.load(opening.cond_image),
+                             {k: importer.load(v) for k, v in opening.added_cond.items()}
+                             or None)
             controlnet.check_compatible(stream.embeds)
             if ring is not None:
                 self._ring_steps(ring, stream)
@@ -129,11 +132,12 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
         if scale == 0.0:
             if stream.zeros is None:
                 stream.zeros = self.engine.zeros(stream.controlnet, latents, timestep,
-                                                 stream.embeds, stream.cond_image)
+                                                 stream.embeds, stream.cond_image,
+                                                 stream.added_cond)
             residuals = stream.zeros
         else:
             residuals = self.engine.step(stream.controlnet, latents, timestep, stream.embeds,
-                                         stream.cond_image, scale)
+                                         stream.cond_image, scale, stream.added_cond)
         return residuals, (time.perf_counter() - start) * 1e3
 
 

@@ -49,7 +49,8 @@ class ControlNetLink:
                  cond_image: torch.Tensor, prompt_embeds: torch.Tensor,
                  exporter: TensorExporter, importer: TensorImporter,
                  peer: tensor_pb2.PeerInfo | None, own_peer: tensor_pb2.PeerInfo,
-                 timeout: float | None, ring: bool = True) -> None:
+                 timeout: float | None, ring: bool = True,
+                 added_cond: dict[str, torch.Tensor] | None = None) -> None:
         self.address = address
         self.request_id = request_id
         self.exporter = exporter
@@ -68,6 +69,8 @@ class ControlNetLink:
                 controlnet=controlnet, peer=own_peer,
                 cond_image=exporter.export(cond_image, peer, request_id=request_id),
                 prompt_embeds=exporter.export(prompt_embeds, peer, request_id=request_id),
+                added_cond={k: exporter.export(v, peer, request_id=request_id)
+                            for k, v in (added_cond or {}).items()},
                 ring=offer_message(offer) if offer is not None else None)))
         self._responses: Iterator[controlnet_pb2.ControlNetStepResponse] = stub.Steps(
             iter(self._outbox.get, None), timeout=timeout,

@@ -11,6 +11,7 @@ from concurrent.futures import Future
 
 import torch
 
+from services.common.families import PromptInput
 from services.common.lora_files import denoiser_layers
 from services.common.model_store import ModelStore
 from services.denoiser.addons.base import Addon, LoraLayers
@@ -26,14 +27,16 @@ EVENT_TIMEOUT_S = 600.0
 
 
 def encode_prompts(store: ModelStore, model: str, prompts: list[str]) -> list[torch.Tensor]:
-    """``[1, tokens, dim]`` per prompt, as the text encoder service computes them."""
-    tokenizer, encoder = store.load_text_encoder(model)
-    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                       truncation=True, return_tensors="pt")
-    mask = tokens.attention_mask if getattr(encoder.config, "use_attention_mask", False) else None
-    with torch.inference_mode():
-        embeds = encoder(tokens.input_ids, attention_mask=mask)[0]
-    return [embeds[i:i + 1].clone() for i in range(len(prompts))]
+    """``[1, tokens, dim]`` prompt embeddings per prompt, as the text encoder service computes
+    them (the family's other conditioning: :func:`encode_conditioning`)."""
+    return [c["prompt_embeds"] for c in encode_conditioning(store, model, prompts)]
+
+
+def encode_conditioning(store: ModelStore, model: str, prompts: list[str]
+                        ) -> list[dict[str, torch.Tensor]]:
+    """Each prompt's conditioning, as the text encoder service computes it."""
+    return store.family(model).encode(store.load_text_models(model),
+                                      [PromptInput(p) for p in prompts])
 
 
 def read_lora_layers(store: ModelStore, names: list[str]) -> LoraLayers:

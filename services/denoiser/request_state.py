@@ -22,6 +22,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from services.common import schedulers
 from services.common.errors import Cancelled, DeadlineExceeded, InvalidArgument
+from services.common.families import FAMILIES, Family
 from services.denoiser.addons.base import StepRows
 from services.denoiser.guiders import Guider, guider_for
 from services.denoiser.job import DenoiseJob, ErrorEvent, FinalEvent, StepEvent
@@ -38,6 +39,7 @@ class ModelInfo:
     latent_channels: int = 4
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
+    family: Family = FAMILIES["sd15"]
 
 
 @dataclass
@@ -211,7 +213,7 @@ def prepare(job: DenoiseJob, info: ModelInfo) -> RequestState:
         job=job, generators=generators, scheduler=scheduler, guider=guider,
         timesteps=timesteps, latents=latents, prompt_embeds=embeds, mask=mask,
         masked_image_latents=masked, step_kwargs=_step_kwargs(scheduler, generator),
-        added_cond=_added_cond(job, guider))
+        added_cond=_added_cond(job, guider, info.family))
     return _to_device(state, info)
 
 
@@ -227,16 +229,31 @@ def _rows(job: DenoiseJob, guider: Guider, cond: torch.Tensor, uncond: torch.Ten
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-def _added_cond(job: DenoiseJob, guider: Guider) -> dict[str, torch.Tensor] | None:
-    """SDXL's added conditioning, rows in the order of the prompt embeddings."""
-    if job.pooled_prompt_embeds is None:
+def _added_cond(job: DenoiseJob, guider: Guider, family: Family
+                ) -> dict[str, torch.Tensor] | None:
+    """The family's added conditioning (SDXL: pooled text, time ids), rows in the order of the
+    prompt embeddings."""
+    def of(embeds: torch.Tensor | None, pooled: torch.Tensor | None, which: str
+           ) -> dict[str, torch.Tensor] | None:
+        conditioning = {"prompt_embeds": embeds}
+        if pooled is not None:
+            conditioning["pooled_prompt_embeds"] = pooled
+        try:
+            added = family.added_cond(conditioning, job.width, job.height)  # type: ignore[arg-type]
+        except KeyError as exc:
+            raise InvalidArgument(f"{family.name} models need it",
+                                  field=f"{which}.{exc.args[0]}") from exc
+        if added is not None and job.add_time_ids is not None:
+            added["time_ids"] = job.add_time_ids
+        return added
+
+    cond = of(job.prompt_embeds, job.pooled_prompt_embeds, "conditioning")
+    if cond is None:
         return None
-    if job.add_time_ids is None:
-        raise InvalidArgument("SDXL-shaped requests need add_time_ids", field="add_time_ids")
-    text = _rows(job, guider, job.pooled_prompt_embeds, job.negative_pooled_prompt_embeds,
-                 "negative_pooled_prompt_embeds")
-    time_ids = _rows(job, guider, job.add_time_ids, job.add_time_ids, "add_time_ids")
-    return {"text_embeds": text, "time_ids": time_ids}
+    uncond = (of(job.negative_prompt_embeds, job.negative_pooled_prompt_embeds,
+                 "negative_conditioning") if len(guider.kinds) > 1 else cond)
+    assert uncond is not None
+    return {key: _rows(job, guider, cond[key], uncond[key], key) for key in cond}
 
 
 def _to_device(state: RequestState, info: ModelInfo) -> RequestState:

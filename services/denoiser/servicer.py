@@ -19,7 +19,7 @@ import grpc
 import torch
 
 from diffusion.v1 import denoiser_pb2, denoiser_pb2_grpc
-from services.common import schedulers
+from services.common import conditioning_wire, schedulers
 from services.common.deadlines import time_left
 from services.common.errors import InvalidArgument
 from services.common.input_checks import check_finite, check_side, check_steps
@@ -38,6 +38,7 @@ from services.denoiser.work import DenoiseWork
 
 EVENT_POLL_S = 0.5
 MAX_IMAGES = 8
+CONDITIONING = {"prompt_embeds", "pooled_prompt_embeds"}   # what the families' encoders make
 
 
 class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
@@ -64,7 +65,8 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
                     num_inference_steps=job.num_inference_steps,
                     total_steps=len(state.timesteps), kinds=state.guider.kinds,
                     embeds=state.prompt_embeds, num_images=job.num_images, timeout=timeout,
-                    engine=self.engine, specs=job.addons, state=state))
+                    engine=self.engine, specs=job.addons, state=state,
+                    added_cond=state.added_cond))
 
             self.engine.submit(job, build)
             yield from self._events(job, request, context)
@@ -115,7 +117,8 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
             request_id=rid, model=opening.model, num_inference_steps=opening.total_steps,
             total_steps=opening.total_steps, kinds=(UNCOND,), embeds=embeds,
             num_images=opening.num_images or 1, timeout=time_left(context),
-            engine=self.engine, specs=specs, partner=True, follow_weights=sampler.with_loras))
+            engine=self.engine, specs=specs, partner=True, follow_weights=sampler.with_loras,
+            added_cond=sampler.added_cond))
         context.add_callback(sampler.cancelled.set)
         context.add_callback(self.engine.wake)
         self.engine.add(DenoiseWork(sampler, addons))
@@ -228,6 +231,16 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
         self.runtime.peers.check("denoiser", addons.cfg_partner.address,
                                  f"{prefix}cfg_partner.address")
 
+    def _conditioning(self, message: Any, field: str) -> dict[str, torch.Tensor]:
+        found = conditioning_wire.from_proto(message, self._load, field)
+        unknown = sorted(set(found) - CONDITIONING)
+        if unknown:
+            raise InvalidArgument(f"unknown conditioning {unknown[0]!r}; known: "
+                                  f"{', '.join(sorted(CONDITIONING))}", field=field)
+        if "prompt_embeds" not in found:
+            raise InvalidArgument("prompt embeddings are required", field=f"{field}.prompt_embeds")
+        return found
+
     def _job(self, request: denoiser_pb2.DenoiseRequest,
              context: grpc.ServicerContext) -> DenoiseJob:
         if not request.request_id:
@@ -235,16 +248,19 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
         self._check_inputs(request)
         if request.num_images > MAX_IMAGES:
             raise InvalidArgument(f"at most {MAX_IMAGES}", field="num_images")
-        embeds = self._load(request.prompt_embeds, "prompt_embeds")
-        if embeds is None:
-            raise InvalidArgument("prompt embeddings are required", field="prompt_embeds")
-        negative = self._load(request.negative_prompt_embeds, "negative_prompt_embeds")
-        if request.guidance_scale > 1.0 and negative is None:
-            raise InvalidArgument("needed when guidance_scale > 1", field="negative_prompt_embeds")
+        cond = self._conditioning(request.conditioning, "conditioning")
+        negative = (self._conditioning(request.negative_conditioning, "negative_conditioning")
+                    if request.HasField("negative_conditioning") else {})
+        if request.guidance_scale > 1.0 and not negative:
+            raise InvalidArgument("needed when guidance_scale > 1", field="negative_conditioning")
         remaining = time_left(context)
         return DenoiseJob(
-            request_id=request.request_id, model=request.model, prompt_embeds=embeds,
-            negative_prompt_embeds=negative, width=request.width, height=request.height,
+            request_id=request.request_id, model=request.model,
+            prompt_embeds=cond["prompt_embeds"],
+            negative_prompt_embeds=negative.get("prompt_embeds"),
+            pooled_prompt_embeds=cond.get("pooled_prompt_embeds"),
+            negative_pooled_prompt_embeds=negative.get("pooled_prompt_embeds"),
+            width=request.width, height=request.height,
             num_inference_steps=request.num_inference_steps,
             guidance_scale=request.guidance_scale, seed=request.seed,
             strength=request.strength or 1.0,

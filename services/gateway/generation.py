@@ -25,10 +25,12 @@ class Generation:
     guidance_scale: float
     seed: int
     vae_scale_factor: int
+    family: str = "sd15"
     strength: float = 1.0
     init_image: torch.Tensor | None = None     # image-to-image, or inpainting with strength < 1
     mask: torch.Tensor | None = None
     masked_image: torch.Tensor | None = None
+    zero_negative: bool = False   # an empty negative prompt is all zeros (SDXL pipelines)
     scheduler: str = ""
     num_images: int = 1
     return_pixels: bool = False

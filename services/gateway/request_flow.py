@@ -57,7 +57,7 @@ class Outcome:
 
 @dataclass
 class Encoded:
-    prompts: list[tensor_pb2.TensorRef]
+    prompts: list[tensor_pb2.Conditioning]
     image_moments: tensor_pb2.TensorRef | None = None
     masked_image_moments: tensor_pb2.TensorRef | None = None
 
@@ -180,9 +180,12 @@ class RequestFlow:
         rid = gen.request_id
         den_peer = peer_of(place.denoiser, self.inline_max_bytes)
         te = text_encoder_pb2_grpc.TextEncoderStub(calls.channel(place.text_encoder))
-        prompts = [gen.prompt] + ([gen.negative_prompt] if gen.do_cfg else [])
+        inputs = [text_encoder_pb2.PromptInput(text=gen.prompt)]
+        if gen.do_cfg:
+            inputs.append(text_encoder_pb2.PromptInput(text=gen.negative_prompt,
+                                                       zeros=gen.zero_negative))
         reply = calls.unary("text_encoder", te.Encode, text_encoder_pb2.EncodeRequest(
-            request_id=rid, model=gen.model, prompts=prompts, peer=den_peer))
+            request_id=rid, model=gen.model, inputs=inputs, peer=den_peer))
         vae = vae_pb2_grpc.VaeStub(calls.channel(place.vae))
         vae_peer = peer_of(place.vae, self.inline_max_bytes)
 
@@ -195,7 +198,7 @@ class RequestFlow:
                     image=self.exporter.export(image, vae_peer, request_id=rid)))
             ref: tensor_pb2.TensorRef = encoded.moments
             return ref
-        return Encoded(list(reply.embeddings), moments(gen.init_image),
+        return Encoded(list(reply.prompts), moments(gen.init_image),
                        moments(gen.masked_image))
 
     def _denoise(self, gen: Generation, place: Placement, encoded: Encoded, calls: NodeCalls,
@@ -204,8 +207,8 @@ class RequestFlow:
         den_peer = peer_of(place.denoiser, self.inline_max_bytes)
         ctx = AttachContext(gen, calls, den_peer, place.vae)
         request = denoiser_pb2.DenoiseRequest(
-            request_id=rid, model=gen.model, prompt_embeds=encoded.prompts[0],
-            negative_prompt_embeds=encoded.prompts[1] if gen.do_cfg else None,
+            request_id=rid, model=gen.model, conditioning=encoded.prompts[0],
+            negative_conditioning=encoded.prompts[1] if gen.do_cfg else None,
             width=gen.width, height=gen.height, num_inference_steps=gen.steps,
             guidance_scale=gen.guidance_scale, seed=gen.seed, strength=gen.strength,
             image_moments=encoded.image_moments,

@@ -211,14 +211,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     def ListModels(self, request: gateway_pb2.ListModelsRequest,
                    context: grpc.ServicerContext) -> gateway_pb2.ListModelsResponse:
-        return gateway_pb2.ListModelsResponse(models=[self._model_info(e)
-                                                      for e in self.store.entries()])
+        skipped = [gateway_pb2.ModelInfo(name=name, kind="unavailable", reason=reason)
+                   for name, reason in sorted(self.store.skipped().items())]
+        return gateway_pb2.ListModelsResponse(
+            models=[self._model_info(e) for e in self.store.entries()] + skipped)
 
     def _model_info(self, entry: ModelEntry) -> gateway_pb2.ModelInfo:
         info = gateway_pb2.ModelInfo(name=entry.name, kind=entry.kind,
                                      default_width=entry.default_size,
                                      default_height=entry.default_size)
         if entry.kind in ("base", "inpainting"):
+            family = self.store.family(entry.name)
+            info.family = family.name
+            info.addons.extend(sorted(family.addons))
             info.schedulers.extend(schedulers.NAMES)
             info.default_scheduler = self.store.scheduler_config(entry.name)["_class_name"]
         return info

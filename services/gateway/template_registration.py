@@ -27,6 +27,7 @@ from diffusion.v1 import (
     vae_pb2,
     vae_pb2_grpc,
 )
+from services.common import conditioning_wire
 from services.common.errors import InvalidArgument, Unavailable, from_rpc_error
 from services.common.model_store import ModelStore
 from services.common.transport import local_peer
@@ -86,8 +87,7 @@ class TemplateRegistrar:
         empty = torch.empty(0)
         template = Template(new_template_id(), model, width, height, int(request.seed), steps,
                             float(guidance), request.prompt, image_png=request.image.data,
-                            prompt_embeds=empty, negative_prompt_embeds=None,
-                            image_moments=empty)
+                            conditioning={}, negative_conditioning=None, image_moments=empty)
         return template, images.init_image(picture, width, height, vsf)
 
     def register(self, request: gateway_pb2.RegisterTemplateRequest
@@ -125,12 +125,22 @@ class TemplateRegistrar:
                 rid: str) -> None:
         channels, importer = self.runner.channels, self.runner.importer
         te = text_encoder_pb2_grpc.TextEncoderStub(channels.get(place.text_encoder.address))
-        prompts = [template.prompt] + ([""] if template.do_cfg else [])
+        family = self.store.family(template.model)
+        zero = family.zero_empty_negative and bool(
+            self.store.pipeline_config(template.model).get("force_zeros_for_empty_prompt"))
+        inputs = [text_encoder_pb2.PromptInput(text=template.prompt)]
+        if template.do_cfg:
+            inputs.append(text_encoder_pb2.PromptInput(text="", zeros=zero))
         encoded = self._call("text_encoder", te.Encode, text_encoder_pb2.EncodeRequest(
-            request_id=rid, model=template.model, prompts=prompts, peer=local_peer()), rid)
-        embeds = [importer.load(ref) for ref in encoded.embeddings]  # type: ignore[attr-defined]
-        template.prompt_embeds = embeds[0]
-        template.negative_prompt_embeds = embeds[1] if template.do_cfg else None
+            request_id=rid, model=template.model, inputs=inputs, peer=local_peer()), rid)
+
+        def read(ref: tensor_pb2.TensorRef, field: str) -> torch.Tensor:
+            tensor: torch.Tensor = importer.load(ref)
+            return tensor
+        prompts = [conditioning_wire.from_proto(c, read, "conditioning")
+                   for c in encoded.prompts]  # type: ignore[attr-defined]
+        template.conditioning = prompts[0]
+        template.negative_conditioning = prompts[1] if template.do_cfg else None
         vae = vae_pb2_grpc.VaeStub(channels.get(place.vae.address))
         reply = self._call("vae", vae.Encode, vae_pb2.VaeEncodeRequest(
             request_id=rid, model=template.model, peer=local_peer(),
@@ -144,10 +154,13 @@ class TemplateRegistrar:
         def ref(t: torch.Tensor | None) -> tensor_pb2.TensorRef | None:
             return export(t, peer, request_id=rid) if t is not None else None
 
+        def cond(c: dict[str, torch.Tensor] | None) -> tensor_pb2.Conditioning | None:
+            return conditioning_wire.to_proto(c, ref) if c is not None else None  # type: ignore[arg-type]
+
         mask = torch.zeros(1, 1, template.height, template.width)
         request = denoiser_pb2.DenoiseRequest(
-            request_id=rid, model=template.model, prompt_embeds=ref(template.prompt_embeds),
-            negative_prompt_embeds=ref(template.negative_prompt_embeds),
+            request_id=rid, model=template.model, conditioning=cond(template.conditioning),
+            negative_conditioning=cond(template.negative_conditioning),
             width=template.width, height=template.height,
             num_inference_steps=template.steps, guidance_scale=template.guidance_scale,
             seed=template.seed, strength=1.0, mask=ref(mask),

@@ -38,8 +38,8 @@ class Template:
     guidance_scale: float
     prompt: str
     image_png: bytes = field(repr=False)
-    prompt_embeds: torch.Tensor = field(repr=False)
-    negative_prompt_embeds: torch.Tensor | None = field(repr=False)
+    conditioning: dict[str, torch.Tensor] = field(repr=False)           # its prompt's
+    negative_conditioning: dict[str, torch.Tensor] | None = field(repr=False)
     image_moments: torch.Tensor = field(repr=False)  # VAE moments of the whole image
     cache_bytes: int = 0
 
@@ -69,10 +69,10 @@ class TemplateRegistry:
         return self.fleet.key("template", template_id)
 
     def put(self, template: Template) -> None:
-        tensors = {"prompt_embeds": template.prompt_embeds.contiguous(),
-                   "image_moments": template.image_moments.contiguous()}
-        if template.negative_prompt_embeds is not None:
-            tensors["negative_prompt_embeds"] = template.negative_prompt_embeds.contiguous()
+        tensors = {"image_moments": template.image_moments.contiguous()}
+        tensors.update({f"cond.{k}": v.contiguous() for k, v in template.conditioning.items()})
+        tensors.update({f"negative.{k}": v.contiguous()
+                        for k, v in (template.negative_conditioning or {}).items()})
         meta = {k: v for k, v in asdict(template).items() if k in _META}
         self.fleet.redis.hset(self._key(template.template_id), mapping={
             "meta": json.dumps(meta), "image": template.image_png,
@@ -85,9 +85,10 @@ class TemplateRegistry:
         fields = {k.decode(): v for k, v in raw.items()}  # type: ignore[union-attr]
         meta = json.loads(fields["meta"])
         tensors = load_tensors(fields["tensors"])
-        return Template(**meta, image_png=fields["image"],
-                        prompt_embeds=tensors["prompt_embeds"],
-                        negative_prompt_embeds=tensors.get("negative_prompt_embeds"),
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        return Template(**meta, image_png=fields["image"], conditioning=part("cond."),
+                        negative_conditioning=part("negative.") or None,
                         image_moments=tensors["image_moments"])
 
     def set_cache_bytes(self, template_id: str, cache_bytes: int) -> None:

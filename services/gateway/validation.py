@@ -24,10 +24,12 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_IMAGES = 8
 
 
-def _size(value: int, default: int, name: str, limits: GatewaySettings, vsf: int) -> int:
+def _size(value: int, default: int, name: str, limits: GatewaySettings, factor: int,
+          family: str) -> int:
     size = value or default
-    if size % vsf or size < vsf:
-        raise InvalidArgument(f"{size} is not a positive multiple of {vsf}", field=name)
+    if size % factor or size < factor:
+        raise InvalidArgument(f"{size} is not a positive multiple of {factor} ({family} "
+                              "models)", field=name)
     if size > limits.max_side:
         raise InvalidArgument(f"{size} is over the limit of {limits.max_side}", field=name)
     return size
@@ -53,7 +55,8 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore, limits: Gatewa
     for name in ("prompt", "negative_prompt"):
         if len(getattr(req, name)) > limits.max_prompt_chars:
             raise InvalidArgument(f"longer than {limits.max_prompt_chars} characters", field=name)
-    vsf = 2 ** (len(store.vae_block_channels(model)) - 1)
+    vsf = store.vae_scale_factor(model)
+    family = store.family(model)
     image = mask = None
     if req.HasField("image"):
         image = images.decode(req.image.data, "image", limits.max_image_bytes)
@@ -72,8 +75,10 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore, limits: Gatewa
                               field="model")
     default_w = (image.size[0] // vsf * vsf) if image is not None else entry.default_size
     default_h = (image.size[1] // vsf * vsf) if image is not None else entry.default_size
-    width = _size(req.width, default_w, "width", limits, vsf)
-    height = _size(req.height, default_h, "height", limits, vsf)
+    factor = family.size_factor(vsf)
+    default_w, default_h = default_w // factor * factor, default_h // factor * factor
+    width = _size(req.width, default_w, "width", limits, factor, family.name)
+    height = _size(req.height, default_h, "height", limits, factor, family.name)
     steps = req.num_inference_steps or limits.default_steps
     if steps > limits.max_steps:
         raise InvalidArgument(f"{steps} is over the limit of {limits.max_steps}",
@@ -90,7 +95,11 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore, limits: Gatewa
     gen = Generation(
         request_id=request_id, model=model, prompt=req.prompt,
         negative_prompt=req.negative_prompt, width=width, height=height, steps=steps,
-        guidance_scale=guidance, seed=req.seed, vae_scale_factor=vsf, strength=strength,
+        guidance_scale=guidance, seed=req.seed, vae_scale_factor=vsf, family=family.name,
+        zero_negative=(family.zero_empty_negative and not req.negative_prompt
+                       and bool(store.pipeline_config(model).get(
+                           "force_zeros_for_empty_prompt", False))),
+        strength=strength,
         scheduler=schedulers.check_name(req.scheduler), num_images=num_images,
         return_pixels=req.return_pixels)
     if image is not None:

@@ -1,11 +1,16 @@
-"""Tokenizes and encodes prompts exactly as the Stable Diffusion pipelines do."""
+"""Tokenizes and encodes prompts exactly as the model family's pipelines do.
+
+Which text encoders a model has and how their outputs combine is its family's
+(:mod:`services.common.families`): SD1.5 one CLIP, SDXL two (concatenated hidden states plus
+the pooled output). Loads and passes run on the engine's
+:class:`~services.common.compute.ComputeThread`.
+"""
 
 from __future__ import annotations
 
-import torch
-
 from services.common.compute import ComputeThread
 from services.common.errors import InvalidArgument
+from services.common.families import Conditioning, PromptInput, TextModels
 from services.common.loaded_models import LoadedModels
 from services.common.model_store import ModelStore
 
@@ -15,24 +20,14 @@ MAX_PROMPTS = 64
 class TextEncoderEngine:
     def __init__(self, store: ModelStore) -> None:
         self.store = store
-        self.models: LoadedModels[tuple] = LoadedModels(store.load_text_encoder)
+        self.models: LoadedModels[TextModels] = LoadedModels(store.load_text_models)
         self.compute = ComputeThread("text-encoder-compute")
 
-    def encode(self, model: str, prompts: list[str]) -> list[torch.Tensor]:
-        """One ``[1, tokens, dim]`` tensor per prompt (padded to the tokenizer's max length)."""
+    def encode(self, model: str, prompts: list[PromptInput]) -> list[Conditioning]:
+        """One conditioning (named ``[1, ...]`` tensors) per prompt."""
         if not prompts:
-            raise InvalidArgument("at least one prompt is required", field="prompts")
+            raise InvalidArgument("at least one prompt is required", field="inputs")
         if len(prompts) > MAX_PROMPTS:
-            raise InvalidArgument(f"at most {MAX_PROMPTS} prompts per call", field="prompts")
-        self.store.pipeline(model)
-        return self.compute.run(self._encode, model, prompts)
-
-    def _encode(self, model: str, prompts: list[str]) -> list[torch.Tensor]:
-        tokenizer, encoder = self.models.get(model)
-        tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                           truncation=True, return_tensors="pt")
-        use_mask = getattr(encoder.config, "use_attention_mask", False)
-        mask = tokens.attention_mask if use_mask else None
-        with torch.inference_mode():
-            embeds = encoder(tokens.input_ids, attention_mask=mask)[0]
-        return [embeds[i:i + 1].clone() for i in range(len(prompts))]
+            raise InvalidArgument(f"at most {MAX_PROMPTS} prompts per call", field="inputs")
+        family = self.store.family(model)
+        return self.compute.run(lambda: family.encode(self.models.get(model), prompts))

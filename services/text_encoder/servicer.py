@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import grpc
+import torch
 
-from diffusion.v1 import text_encoder_pb2, text_encoder_pb2_grpc
+from diffusion.v1 import tensor_pb2, text_encoder_pb2, text_encoder_pb2_grpc
+from services.common import conditioning_wire
+from services.common.families import PromptInput
 from services.common.input_checks import check_prompts
 from services.common.server import ServiceRuntime
 from services.common.telemetry.metrics import TEXT_ENCODE_SECONDS
@@ -18,9 +21,13 @@ class TextEncoderServicer(text_encoder_pb2_grpc.TextEncoderServicer):
 
     def Encode(self, request: text_encoder_pb2.EncodeRequest,
                context: grpc.ServicerContext) -> text_encoder_pb2.EncodeResponse:
-        check_prompts(request.prompts)
+        check_prompts([p.text for p in request.inputs])
+        prompts = [PromptInput(p.text, p.zeros) for p in request.inputs]
         with TEXT_ENCODE_SECONDS.labels(request.model).time():
-            embeds = self.engine.encode(request.model, list(request.prompts))
-        export = self.runtime.exporter.export
-        return text_encoder_pb2.EncodeResponse(embeddings=[
-            export(e, request.peer, request_id=request.request_id) for e in embeds])
+            encoded = self.engine.encode(request.model, prompts)
+
+        def export(tensor: torch.Tensor) -> tensor_pb2.TensorRef:
+            return self.runtime.exporter.export(tensor, request.peer,
+                                                request_id=request.request_id)
+        return text_encoder_pb2.EncodeResponse(
+            prompts=[conditioning_wire.to_proto(c, export) for c in encoded])

@@ -47,12 +47,18 @@ class BuildContext:
     partner: bool = False                # built on a CFG partner, for the requester's rows
     follow_weights: Callable[[], bool] | None = None  # partner: the requester merged LoRAs
     weights_merged: Callable[[], bool] = field(default=lambda: False)
+    added_cond: dict[str, torch.Tensor] | None = None  # their added conditioning (SDXL)
 
     def without(self, kind: str) -> BuildContext:
         keep = [i for i, k in enumerate(self.kinds) if k != kind]
         per = self.embeds.shape[0] // len(self.kinds)
-        rows = torch.cat([self.embeds[g * per:(g + 1) * per] for g in keep])
-        return replace(self, kinds=tuple(k for k in self.kinds if k != kind), embeds=rows)
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t[g * per:(g + 1) * per] for g in keep])
+        return replace(self, kinds=tuple(k for k in self.kinds if k != kind),
+                       embeds=rows(self.embeds),
+                       added_cond={k: rows(v) for k, v in self.added_cond.items()}
+                       if self.added_cond else None)
 
 
 class AddonKind(Protocol):

@@ -113,7 +113,8 @@ class ControlNetKind:
                 image = torch.cat([c.cond_image] * ctx.embeds.shape[0])
                 links.append(ControlNetLink(
                     runtime.channels, c.address, ctx.request_id, c.name, image, ctx.embeds,
-                    runtime.exporter, runtime.importer, c.peer, local_peer(), ctx.timeout))
+                    runtime.exporter, runtime.importer, c.peer, local_peer(), ctx.timeout,
+                    added_cond=ctx.added_cond))
         except Exception:
             for link in links:
                 link.close()

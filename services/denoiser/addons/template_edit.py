@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from diffusion.v1 import denoiser_pb2
+from services.common import conditioning_wire
 from services.common.errors import InvalidArgument
 from services.denoiser.addons import BuildContext, Export, ReadTensor
 from services.denoiser.addons.base import Addon, BatchInput, Forward
@@ -75,21 +76,26 @@ class TemplateEditKind:
         if not spec.template_id:
             raise InvalidArgument("a template edit names its template",
                                   field="template_edit.template_id")
+        cond = conditioning_wire.from_proto(spec.conditioning, read,
+                                            "template_edit.conditioning")
+        negative = conditioning_wire.from_proto(spec.negative_conditioning, read,
+                                                "template_edit.negative_conditioning")
         return TemplateEdit(
             spec.template_id, activation_cache=spec.activation_cache, record=spec.record,
-            prompt_embeds=read(spec.prompt_embeds, "template_edit.prompt_embeds"),
-            negative_prompt_embeds=read(spec.negative_prompt_embeds,
-                                        "template_edit.negative_prompt_embeds"),
+            prompt_embeds=cond.get("prompt_embeds"),
+            negative_prompt_embeds=negative.get("prompt_embeds"),
             image_moments=read(spec.image_moments, "template_edit.image_moments"))
 
     def encode(self, spec: TemplateEdit, export: Export) -> denoiser_pb2.TemplateEditSpec:
-        def ref(t: torch.Tensor | None) -> Any:
-            return export(t) if t is not None else None
+        def cond(t: torch.Tensor | None) -> Any:
+            return conditioning_wire.to_proto({"prompt_embeds": t}, export) if t is not None \
+                else None
         return denoiser_pb2.TemplateEditSpec(
             template_id=spec.template_id, activation_cache=spec.activation_cache,
-            record=spec.record, prompt_embeds=ref(spec.prompt_embeds),
-            negative_prompt_embeds=ref(spec.negative_prompt_embeds),
-            image_moments=ref(spec.image_moments))
+            record=spec.record, conditioning=cond(spec.prompt_embeds),
+            negative_conditioning=cond(spec.negative_prompt_embeds),
+            image_moments=export(spec.image_moments) if spec.image_moments is not None
+            else None)
 
     def build(self, spec: TemplateEdit, ctx: BuildContext) -> TemplateEditAddon | None:
         editor = self.editor

@@ -8,6 +8,7 @@ protos.
 from __future__ import annotations
 
 from diffusion.v1 import gateway_pb2
+from services.common.errors import InvalidArgument
 from services.common.model_store import ModelStore
 from services.gateway.attachments.base import Attachment, AttachmentKind
 from services.gateway.generation import Generation
@@ -20,9 +21,15 @@ class AttachmentKinds:
 
     def validate(self, req: gateway_pb2.GenerateRequest, gen: Generation, store: ModelStore,
                  limits: GatewaySettings) -> list[Attachment]:
+        family = store.family(gen.model)
         found = []
         for kind in self.kinds:
             attachment = kind.validate(req, gen, store, limits)
-            if attachment is not None:
-                found.append(attachment)
+            if attachment is None:
+                continue
+            if attachment.name not in family.addons:
+                raise InvalidArgument(f"{attachment.label or attachment.name} is not served on "
+                                      f"{family.name} models ({gen.model!r})",
+                                      field=attachment.field)
+            found.append(attachment)
         return found

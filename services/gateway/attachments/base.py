@@ -50,6 +50,7 @@ class Attachment:
 
     name: ClassVar[str] = ""    # its field in the denoiser's Addons message
     label: ClassVar[str] = ""   # its part of the workflow kind ("controlnet", ...)
+    field: ClassVar[str] = ""   # the request field that asks for it
 
     def nodes(self) -> list[tuple[str, str]]:
         return []

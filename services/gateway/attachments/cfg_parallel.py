@@ -15,6 +15,7 @@ from services.gateway.settings import GatewaySettings
 
 class CfgParallelAttachment(Attachment):
     name = "cfg_partner"
+    field = "approximations.cfg_parallel"
 
     def __init__(self, model: str) -> None:
         self.model = model

@@ -31,6 +31,7 @@ class ControlNetPlan:
 
 class ControlNetAttachment(Attachment):
     name = "controlnet"
+    field = "controlnets"
     label = "controlnet"
 
     def __init__(self, controlnets: list[ControlNetPlan], stale: bool) -> None:
@@ -74,9 +75,14 @@ class ControlNetKind:
                                   field="controlnets")
         plans = []
         vsf = gen.vae_scale_factor
+        family = store.family(gen.model)
         for i, c in enumerate(req.controlnets):
             where = f"controlnets[{i}]"
             store.get(c.name, ("controlnet",), field=f"{where}.name")
+            if not family.fits_controlnet(store.controlnet_config(c.name),
+                                          store.denoiser_config(gen.model)):
+                raise InvalidArgument(f"ControlNet {c.name!r} does not fit {family.name} model "
+                                      f"{gen.model!r}", field=f"{where}.name")
             if not c.HasField("image"):
                 raise InvalidArgument("a control image is required", field=f"{where}.image")
             picture = images.decode(c.image.data, f"{where}.image", limits.max_image_bytes)

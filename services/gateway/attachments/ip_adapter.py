@@ -34,6 +34,7 @@ class IpAdapterPlan:
 
 class IpAdapterAttachment(Attachment):
     name = "ip_adapter"
+    field = "ip_adapters"
     label = "ip_adapter"
 
     def __init__(self, adapters: list[IpAdapterPlan]) -> None:

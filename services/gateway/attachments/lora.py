@@ -26,12 +26,14 @@ class LoraPlan:
 
 class LoraAttachment(Attachment):
     name = "lora"
+    field = "loras"
     label = "lora"
 
     def __init__(self, loras: list[LoraPlan], async_steps: int) -> None:
         self.loras = loras
         self.async_steps = async_steps
         self.cache: ReplicaInfo | None = None
+        self._prepare: object = None   # held: gRPC cancels a future call once it is collected
 
     def resident(self) -> list[str]:
         return [lo.name for lo in self.loras]
@@ -47,7 +49,7 @@ class LoraAttachment(Attachment):
         """The LoRA cache starts loading now; the denoiser fetches them when it needs them."""
         assert self.cache is not None
         stub = lora_cache_pb2_grpc.LoraCacheStub(calls.channel(self.cache))
-        stub.Prepare.future(lora_cache_pb2.PrepareLoraRequest(
+        self._prepare = stub.Prepare.future(lora_cache_pb2.PrepareLoraRequest(
             request_id=calls.request_id, loras=[lo.name for lo in self.loras]),
             timeout=PREPARE_TIMEOUT_S, metadata=calls.metadata())
 

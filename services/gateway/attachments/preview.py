@@ -13,6 +13,7 @@ from services.gateway.settings import GatewaySettings
 
 class PreviewAttachment(Attachment):
     name = "preview"
+    field = "preview"
 
     def attach(self, addons: denoiser_pb2.Addons, ctx: AttachContext) -> None:
         addons.preview.CopyFrom(denoiser_pb2.Preview(every=1))

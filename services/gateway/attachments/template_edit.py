@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from diffusion.v1 import denoiser_pb2, gateway_pb2, tensor_pb2
+from diffusion.v1 import denoiser_pb2, gateway_pb2
+from services.common import conditioning_wire
 from services.common.errors import InvalidArgument
 from services.common.fleet_state import ReplicaInfo
 from services.common.model_store import ModelStore
@@ -38,6 +39,7 @@ def region_ratio(mask: torch.Tensor, vae_scale_factor: int, halo: int) -> float:
 
 class TemplateEditAttachment(Attachment):
     name = "template_edit"
+    field = "template_id"
 
     def __init__(self, generation: Generation, template: Template, activation_cache: bool,
                  placer: EditPlacer, registry: TemplateRegistry, halo: int) -> None:
@@ -67,15 +69,13 @@ class TemplateEditAttachment(Attachment):
     def attach(self, addons: denoiser_pb2.Addons, ctx: AttachContext) -> None:
         template = self.template
 
-        def export(t: torch.Tensor | None) -> tensor_pb2.TensorRef | None:
-            return ctx.export(t) if t is not None else None
-
+        negative = template.negative_conditioning if ctx.generation.do_cfg else None
         addons.template_edit.CopyFrom(denoiser_pb2.TemplateEditSpec(
             template_id=template.template_id, activation_cache=self.activation_cache,
-            prompt_embeds=export(template.prompt_embeds),
-            negative_prompt_embeds=export(template.negative_prompt_embeds)
-            if ctx.generation.do_cfg else None,
-            image_moments=export(template.image_moments)))
+            conditioning=conditioning_wire.to_proto(template.conditioning, ctx.export),
+            negative_conditioning=conditioning_wire.to_proto(negative, ctx.export)
+            if negative is not None else None,
+            image_moments=ctx.export(template.image_moments)))
 
     def progress(self, event: denoiser_pb2.DenoiseProgress, out: gateway_pb2.Progress,
                  ctx: AttachContext) -> None:
