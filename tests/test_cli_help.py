@@ -28,8 +28,9 @@ def _service_settings() -> list[tuple[str, type[ServiceSettings]]]:
     from services.gateway.settings import GatewaySettings
     from services.http_front.settings import HttpFrontSettings
     from services.lora_cache.__main__ import LoraCacheSettings
+    from services.text_encoder.__main__ import TextEncoderSettings
 
-    return [("text_encoder", ServiceSettings), ("vae", ServiceSettings),
+    return [("text_encoder", TextEncoderSettings), ("vae", ServiceSettings),
             ("image_encoder", ServiceSettings), ("http_front", HttpFrontSettings),
             ("gateway", GatewaySettings), ("denoiser", DenoiserSettings),
             ("controlnet", ControlNetSettings), ("lora_cache", LoraCacheSettings)]

@@ -10,8 +10,11 @@ request's order, which changes the result); every image within 1e-4 of diffusers
 weights restored bit for bit. Files the fleet cannot apply in full are refused when the
 models are scanned, with the LoRA's name and the count of unmatched keys: unknown keys in a
 Kohya file, a layer of a module the model lacks, a peft layer of the wrong shape, Kohya-style
-DoRA magnitudes (which the reference loader drops), a peft option a merge does not compute;
-the LoRA cache refuses to load them.
+DoRA magnitudes (which the reference loader drops), a peft option a merge does not compute,
+a file of which the converter would drop part without an error (sgm and diffusers block names
+mixed); they are listed among what cannot be served, and the LoRA cache refuses to load them.
+A Kohya SDXL file (sgm block names, both text encoders) equals diffusers too, and the text
+encoder service merges text-encoder layers for one call and restores them bit for bit.
 """
 
 from __future__ import annotations
@@ -43,23 +46,32 @@ def store(tiny_models: Path) -> ModelStore:
     return ModelStore(tiny_models)
 
 
+def pipeline(store: ModelStore, model: str) -> Any:
+    import diffusers
+
+    cls = getattr(diffusers, store.pipeline_config(model)["_class_name"])
+    pipe = cls.from_pretrained(store.root / model, **(LOAD if model == "tiny-sd" else {}))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 class Ours:
-    """tiny-sd with LoRAs merged in place into its UNet and text encoder, as the fleet does."""
+    """A pipeline with LoRAs merged in place into its UNet and text encoders, as the fleet
+    does."""
 
-    def __init__(self, store: ModelStore) -> None:
-        from diffusers import StableDiffusionPipeline
-
+    def __init__(self, store: ModelStore, model: str = "tiny-sd") -> None:
         self.store = store
-        self.pipe = StableDiffusionPipeline.from_pretrained(store.root / "tiny-sd", **LOAD)
-        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipeline(store, model)
         self.unet = LoraPatcher(self.pipe.unet)
-        self.text = LoraPatcher(self.pipe.text_encoder)
+        self.texts = {c: LoraPatcher(getattr(self.pipe, c))
+                      for c in ("text_encoder", "text_encoder_2") if hasattr(self.pipe, c)}
 
     def apply(self, patch: Patch) -> None:
         converted = {name: self.store.loras.converted(name).layers for name, _ in patch}
         self.unet.apply(patch, {n: denoiser_layers(c) for n, c in converted.items()})
-        self.text.apply(patch, {n: text_encoder_layers(c).get("text_encoder", {})
-                                for n, c in converted.items()})
+        for component, patcher in self.texts.items():
+            patcher.apply(patch, {n: text_encoder_layers(c).get(component, {})
+                                  for n, c in converted.items()})
 
     def image(self, seed: int = 1) -> np.ndarray:
         with torch.no_grad():
@@ -75,12 +87,9 @@ def ours(store: ModelStore) -> Iterator[Ours]:
     pipeline.apply(NO_PATCH)
 
 
-def reference(store: ModelStore, patch: Patch) -> Any:
+def reference(store: ModelStore, patch: Patch, model: str = "tiny-sd") -> Any:
     """diffusers' own pipeline with the same files and scales."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(store.root / "tiny-sd", **LOAD)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = pipeline(store, model)
     for name, _ in patch:
         pipe.load_lora_weights(str(store.lora_path(name)), adapter_name=name)
     if patch:
@@ -110,6 +119,42 @@ def test_format_equals_diffusers(store: ModelStore, ours: Ours, patch: Patch) ->
     theirs = reference_image(reference(store, patch))
     assert np.abs(mine - plain).max() > 0.02            # the LoRAs do change the image
     assert np.abs(mine - theirs).max() <= TOLERANCE
+
+
+def test_kohya_sdxl_file_with_both_text_encoders_equals_diffusers(store: ModelStore) -> None:
+    patch = (("tiny-sdxl-lora-kohya", 0.7),)
+    ours, pipe = Ours(store, "tiny-sdxl"), reference(store, patch, "tiny-sdxl")
+    plain = ours.image()
+    tokens = pipe.tokenizer(["a red fox"], padding="max_length", max_length=77,
+                            return_tensors="pt").input_ids
+    with torch.no_grad():
+        before = {c: getattr(ours.pipe, c)(tokens)[0] for c in ours.texts}
+        ours.apply(patch)
+        for component in ours.texts:            # both encoders change as diffusers changes them
+            mine = getattr(ours.pipe, component)(tokens)[0]
+            theirs = getattr(pipe, component)(tokens)[0]
+            assert (mine - before[component]).abs().max().item() > 1e-2
+            assert (mine - theirs).abs().max().item() <= TOLERANCE
+    mine = ours.image()
+    assert np.abs(mine - plain).max() > 0.02
+    assert np.abs(mine - reference_image(pipe)).max() <= TOLERANCE
+
+
+def test_text_encoder_service_merges_per_call_and_restores_bit_for_bit(
+        store: ModelStore) -> None:
+    from services.common.families import PromptInput
+    from services.text_encoder.engine import TextEncoderEngine
+    from services.text_encoder.loras import TextLora
+
+    engine = TextEncoderEngine(store)
+    prompts = [PromptInput("a red fox")]
+    layers = text_encoder_layers(store.loras.converted("tiny-sdxl-lora-kohya").layers)
+    plain = engine.encode("tiny-sdxl", prompts)[0]
+    patched = engine.encode("tiny-sdxl", prompts, [TextLora("k", 0.7, layers)])[0]
+    again = engine.encode("tiny-sdxl", prompts)[0]
+    assert plain.keys() == patched.keys()
+    assert all((patched[k] - plain[k]).abs().max().item() > 1e-3 for k in plain)
+    assert all(torch.equal(again[k], plain[k]) for k in plain)
 
 
 def test_dora_after_another_lora_depends_on_the_order(ours: Ours) -> None:
@@ -186,22 +231,33 @@ def test_files_the_fleet_cannot_apply_in_full_are_refused_at_scan(tmp_path: Path
     wrong_shape = {**peft, key: torch.zeros(4, 7)}
     config = {"unet.r": 4, "unet.lora_alpha": 4, "unet.modules_to_save": ["conv_in"]}
     saves_modules = {"lora_adapter_metadata": json.dumps(config)}
-    store = ModelStore(_folder(tmp_path, tiny_models, {
+    sdxl = load_file(str(tiny_models / "loras" / "tiny-sdxl-lora-kohya.safetensors"))
+    mixed = dict(sdxl)       # sgm block names beside diffusers ones: the converter drops the sgm
+    for key in [k for k in sdxl if k.startswith("lora_unet_input_blocks_4_1_")]:
+        mixed[key.replace("input_blocks_4_1", "down_blocks_1_attentions_0")] = mixed.pop(key)
+    folder = _folder(tmp_path, tiny_models, {
         "unknown": (unknown, {}), "dora-scale": (dora_scale, {}),
         "wrong-shape": (wrong_shape, {}), "saves-modules": (peft, saves_modules),
-        "fine": (kohya, {})}))
+        "mixed-names": (mixed, {}), "fine": (kohya, {})})
+    (folder / "tiny-sdxl").symlink_to(tiny_models / "tiny-sdxl")
+    store = ModelStore(folder)
     fits = store.loras.fits()
     assert fits["fine"].fits == ("tiny-sd",) and not fits["fine"].refusal
     # 1 unknown key dropped before conversion + the made-up layer's down and up
-    assert "'unknown': 3 of its" in fits["unknown"].refusal
-    assert "'wrong-shape': 2 of its" in fits["wrong-shape"].refusal   # the layer's A and B
+    # per family, the model it came closest to: tiny-sd for these SD1.5 files
+    assert "'unknown' fits no model here: 3 of its" in fits["unknown"].refusal
+    assert "'wrong-shape' fits no model here: 2 of its" in fits["wrong-shape"].refusal  # A, B
     assert "dora_scale" in fits["dora-scale"].refusal
     assert "modules_to_save" in fits["saves-modules"].refusal
+    assert "drops layers holding" in fits["mixed-names"].refusal
+    assert fits["fine"].family == "sd15" and set(store.skipped()) == {
+        "unknown", "dora-scale", "wrong-shape", "saves-modules", "mixed-names"}
     engine = LoraCacheEngine(store, budget_bytes=64 << 20)
     try:
         with pytest.raises(FailedPrecondition) as refused:
             engine.prepare("unknown")
-        assert "'unknown': 3 of its" in str(refused.value) and engine.names() == []
+        assert "'unknown' fits no model here: 3 of its" in str(refused.value)
+        assert engine.names() == []
         assert engine.prepare("fine").nbytes > 0
     finally:
         engine.close()
@@ -240,4 +296,5 @@ def test_gateway_refuses_what_the_model_cannot_take_before_any_compute(tmp_path:
     assert "it fits tiny-sd" in str(misfit.value)
     with pytest.raises(FailedPrecondition) as refused:
         validate("tiny-sd", "bad")
-    assert refused.value.field == "loras[1].name" and "'bad': 1 of its" in str(refused.value)
+    assert refused.value.field == "loras[1].name"
+    assert "'bad' fits no model here: 1 of its" in str(refused.value)

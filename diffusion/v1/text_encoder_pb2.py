@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from diffusion.v1 import tensor_pb2 as diffusion_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64iffusion/v1/text_encoder.proto\x12\x0c\x64iffusion.v1\x1a\x19\x64iffusion/v1/tensor.proto\"*\n\x0bPromptInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05zeros\x18\x02 \x01(\x08\"\x92\x01\n\rEncodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12$\n\x04peer\x18\x04 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\x12)\n\x06inputs\x18\x05 \x03(\x0b\x32\x19.diffusion.v1.PromptInputJ\x04\x08\x03\x10\x04R\x07prompts\"O\n\x0e\x45ncodeResponse\x12+\n\x07prompts\x18\x02 \x03(\x0b\x32\x1a.diffusion.v1.ConditioningJ\x04\x08\x01\x10\x02R\nembeddings2R\n\x0bTextEncoder\x12\x43\n\x06\x45ncode\x12\x1b.diffusion.v1.EncodeRequest\x1a\x1c.diffusion.v1.EncodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64iffusion/v1/text_encoder.proto\x12\x0c\x64iffusion.v1\x1a\x19\x64iffusion/v1/tensor.proto\"*\n\x0bPromptInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05zeros\x18\x02 \x01(\x08\"?\n\x0fTextEncoderLora\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x02\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"\xc0\x01\n\rEncodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12$\n\x04peer\x18\x04 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\x12)\n\x06inputs\x18\x05 \x03(\x0b\x32\x19.diffusion.v1.PromptInput\x12,\n\x05loras\x18\x06 \x03(\x0b\x32\x1d.diffusion.v1.TextEncoderLoraJ\x04\x08\x03\x10\x04R\x07prompts\"O\n\x0e\x45ncodeResponse\x12+\n\x07prompts\x18\x02 \x03(\x0b\x32\x1a.diffusion.v1.ConditioningJ\x04\x08\x01\x10\x02R\nembeddings2R\n\x0bTextEncoder\x12\x43\n\x06\x45ncode\x12\x1b.diffusion.v1.EncodeRequest\x1a\x1c.diffusion.v1.EncodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROMPTINPUT']._serialized_start=76
   _globals['_PROMPTINPUT']._serialized_end=118
-  _globals['_ENCODEREQUEST']._serialized_start=121
-  _globals['_ENCODEREQUEST']._serialized_end=267
-  _globals['_ENCODERESPONSE']._serialized_start=269
-  _globals['_ENCODERESPONSE']._serialized_end=348
-  _globals['_TEXTENCODER']._serialized_start=350
-  _globals['_TEXTENCODER']._serialized_end=432
+  _globals['_TEXTENCODERLORA']._serialized_start=120
+  _globals['_TEXTENCODERLORA']._serialized_end=183
+  _globals['_ENCODEREQUEST']._serialized_start=186
+  _globals['_ENCODEREQUEST']._serialized_end=378
+  _globals['_ENCODERESPONSE']._serialized_start=380
+  _globals['_ENCODERESPONSE']._serialized_end=459
+  _globals['_TEXTENCODER']._serialized_start=461
+  _globals['_TEXTENCODER']._serialized_end=543
 # @@protoc_insertion_point(module_scope)

@@ -15,17 +15,29 @@ class PromptInput(_message.Message):
     zeros: bool
     def __init__(self, text: _Optional[str] = ..., zeros: _Optional[bool] = ...) -> None: ...
 
+class TextEncoderLora(_message.Message):
+    __slots__ = ("name", "scale", "address")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    scale: float
+    address: str
+    def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ..., address: _Optional[str] = ...) -> None: ...
+
 class EncodeRequest(_message.Message):
-    __slots__ = ("request_id", "model", "peer", "inputs")
+    __slots__ = ("request_id", "model", "peer", "inputs", "loras")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    LORAS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     peer: _tensor_pb2.PeerInfo
     inputs: _containers.RepeatedCompositeFieldContainer[PromptInput]
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[PromptInput, _Mapping]]] = ...) -> None: ...
+    loras: _containers.RepeatedCompositeFieldContainer[TextEncoderLora]
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[PromptInput, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[TextEncoderLora, _Mapping]]] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
     __slots__ = ("prompts",)

@@ -16,7 +16,7 @@ import importlib
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class LoraFit:
 
     name: str
     fits: tuple[str, ...] = ()           # pipelines it applies to in full
+    family: str = ""                     # theirs (sd15, sdxl, ...)
     components: tuple[str, ...] = ()     # those it has layers for (unet, text_encoder, ...)
     dora: bool = False
     misfits: dict[str, str] = field(default_factory=dict)   # pipeline -> why it does not fit
@@ -96,8 +97,11 @@ class LoraCatalog:
                 layout = pipeline_layout(entry.path)
                 if layout is not None:
                     self._layouts[entry.name] = layout
-        fits = {e.name: fit_lora(e.name, e.path, self._layouts)
+        families = {e.name: e.family for e in self.store.entries()}
+        fits = {e.name: fit_lora(e.name, e.path, self._layouts, families)
                 for e in self.store.entries("lora")}
+        fits = {name: replace(fit, family=families[fit.fits[0]]) if fit.fits else fit
+                for name, fit in fits.items()}
         for fit in fits.values():
             if fit.refusal:
                 log.warning("refusing %s", fit.refusal, extra={"model": fit.name})
@@ -165,8 +169,9 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
 
 
-def fit_lora(name: str, path: Path, layouts: dict[str, ModelLayout]) -> LoraFit:
-    """``name``'s fit to each pipeline of ``layouts``."""
+def fit_lora(name: str, path: Path, layouts: dict[str, ModelLayout],
+             families: dict[str, str] | None = None) -> LoraFit:
+    """``name``'s fit to each pipeline of ``layouts`` (whose families ``families`` says)."""
     try:
         tensors, metadata = header_tensors(path)
     except Exception as err:  # noqa: BLE001 - any unreadable file is refused, not fatal
@@ -183,20 +188,21 @@ def fit_lora(name: str, path: Path, layouts: dict[str, ModelLayout]) -> LoraFit:
                 converted[pipeline] = convert(*values[0], layout)
             except LoraFormatError as err:
                 converted[pipeline] = str(err)
-    return _fit(name, converted)
+    return _fit(name, converted, families or {})
 
 
-def _fit(name: str, converted: dict[str, ConvertedLora | str]) -> LoraFit:
+def _fit(name: str, converted: dict[str, ConvertedLora | str],
+         families: dict[str, str]) -> LoraFit:
     whole = {p: c for p, c in converted.items() if isinstance(c, ConvertedLora) and not c.unmatched}
     first = next(iter(whole.values()), None)
     fits = tuple(p for p, c in whole.items() if first is not None and _same(c, first))
     misfits = {p: _why(name, p, c) for p, c in converted.items() if p not in fits}
     if not fits:
-        return LoraFit(name, misfits=misfits, refusal=_refusal(name, converted))
+        return LoraFit(name, misfits=misfits, refusal=_refusal(name, converted, families))
     assert first is not None
     dora = any(layer.magnitude is not None for layers in first.layers.values()
                for layer in layers.values())
-    return LoraFit(name, fits, first.components, dora, misfits)
+    return LoraFit(name, fits, components=first.components, dora=dora, misfits=misfits)
 
 
 def _same(a: ConvertedLora, b: ConvertedLora) -> bool:
@@ -207,23 +213,32 @@ def _same(a: ConvertedLora, b: ConvertedLora) -> bool:
 
 
 def _why(name: str, pipeline: str, result: ConvertedLora | str) -> str:
+    return f"LoRA {name!r}: {_reason(pipeline, result)}"
+
+
+def _reason(pipeline: str, result: ConvertedLora | str) -> str:
     if isinstance(result, str):
-        return f"LoRA {name!r} cannot be applied to {pipeline!r}: {result}"
+        return f"cannot be applied to {pipeline!r}: {result}"
     if result.unmatched:
-        return (f"LoRA {name!r}: {len(result.unmatched)} of its {result.keys} keys match no "
-                f"layer of {pipeline!r} (first: {result.unmatched[0]!r})")
-    return f"LoRA {name!r} converts to other layers for {pipeline!r} than for the models it fits"
+        return (f"{len(result.unmatched)} of its {result.keys} keys match no layer of "
+                f"{pipeline!r} (first: {result.unmatched[0]!r})")
+    return f"converts to other layers for {pipeline!r} than for the models it fits"
 
 
-def _refusal(name: str, converted: dict[str, ConvertedLora | str]) -> str:
+def _refusal(name: str, converted: dict[str, ConvertedLora | str],
+             families: dict[str, str]) -> str:
+    """Why no model takes the file: per family of models, the one it came closest to."""
     if not converted:
         return f"LoRA {name!r}: no base model in this folder takes LoRAs"
-    counted = {p: c for p, c in converted.items() if isinstance(c, ConvertedLora)}
-    if counted:
-        closest = min(counted, key=lambda p: len(counted[p].unmatched))
-        return _why(name, closest, counted[closest])
-    pipeline, reason = next(iter(converted.items()))
-    return _why(name, pipeline, reason)
+
+    def distance(pipeline: str) -> float:
+        result = converted[pipeline]
+        return len(result.unmatched) if isinstance(result, ConvertedLora) else float("inf")
+    closest: dict[str, str] = {}
+    for pipeline in sorted(converted, key=distance):
+        closest.setdefault(families.get(pipeline, ""), pipeline)
+    reasons = [_reason(p, converted[p]) for p in closest.values()]
+    return f"LoRA {name!r} fits no model here: {'; '.join(reasons)}"
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -120,8 +120,10 @@ class ModelStore:
         return [e for e in self._entries.values() if kind is None or e.kind == kind]
 
     def skipped(self) -> dict[str, str]:
-        """Folders that could not be served: name -> why."""
-        return dict(self._skipped)
+        """Folders and LoRA files that cannot be served: name -> why (asking matches the LoRA
+        files against the models, once)."""
+        refused = {name: fit.refusal for name, fit in self.loras.fits().items() if fit.refusal}
+        return {**self._skipped, **refused}
 
     def get(self, name: str, kinds: tuple[str, ...], field: str = "model") -> ModelEntry:
         entry = self._entries.get(name)

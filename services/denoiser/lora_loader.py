@@ -19,22 +19,18 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 
-import grpc
 import torch
 
-from diffusion.v1 import lora_cache_pb2, lora_cache_pb2_grpc
 from services.common.channels import ChannelPool
-from services.common.errors import from_rpc_error
-from services.common.lora_files import denoiser_layers, unpack
+from services.common.lora_fetch import fetch_layers
+from services.common.lora_files import denoiser_layers
 from services.common.lora_merge import Layers
 from services.common.telemetry.tracing import ContextThreadPool
-from services.common.transport import TensorImporter, local_peer
+from services.common.transport import TensorImporter
 from services.denoiser.addons.base import LoraLayers
 from services.denoiser.addons.lora import LoraSpec
 
 log = logging.getLogger("dfleet.denoiser")
-
-FETCH_TIMEOUT_S = 60.0
 
 
 def layers_nbytes(layers: Layers) -> int:
@@ -154,16 +150,9 @@ class LoraLoader:
 
 
 def service_fetch(channels: ChannelPool, importer: TensorImporter) -> Fetch:
-    """Reads a LoRA from the LoRA cache service named in its spec."""
+    """Reads a LoRA's denoiser layers from the LoRA cache service named in its spec."""
 
     def fetch(spec: LoraSpec, request_id: str) -> Layers:
-        stub = lora_cache_pb2_grpc.LoraCacheStub(channels.get(spec.address))
-        try:
-            response = stub.Fetch(lora_cache_pb2.FetchLoraRequest(
-                request_id=request_id, lora=spec.name, peer=local_peer()),
-                timeout=FETCH_TIMEOUT_S)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err, f"lora cache {spec.address}") from err
-        tensors = {nt.name: importer.load(nt.tensor) for nt in response.tensors}
-        return denoiser_layers(unpack(tensors, dict(response.metadata)))
+        return denoiser_layers(fetch_layers(channels, importer, spec.address, spec.name,
+                                            request_id))
     return fetch

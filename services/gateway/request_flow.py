@@ -184,8 +184,11 @@ class RequestFlow:
         if gen.do_cfg:
             inputs.append(text_encoder_pb2.PromptInput(text=gen.negative_prompt,
                                                        zeros=gen.zero_negative))
-        reply = calls.unary("text_encoder", te.Encode, text_encoder_pb2.EncodeRequest(
-            request_id=rid, model=gen.model, inputs=inputs, peer=den_peer))
+        request = text_encoder_pb2.EncodeRequest(request_id=rid, model=gen.model, inputs=inputs,
+                                                 peer=den_peer)
+        for attachment in gen.attachments:
+            attachment.encode(request)
+        reply = calls.unary("text_encoder", te.Encode, request)
         vae = vae_pb2_grpc.VaeStub(calls.channel(place.vae))
         vae_peer = peer_of(place.vae, self.inline_max_bytes)
 

@@ -211,10 +211,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     def ListModels(self, request: gateway_pb2.ListModelsRequest,
                    context: grpc.ServicerContext) -> gateway_pb2.ListModelsResponse:
+        reasons = self.store.skipped()      # refused LoRA files are among its entries
         skipped = [gateway_pb2.ModelInfo(name=name, kind="unavailable", reason=reason)
-                   for name, reason in sorted(self.store.skipped().items())]
+                   for name, reason in sorted(reasons.items())]
         return gateway_pb2.ListModelsResponse(
-            models=[self._model_info(e) for e in self.store.entries()] + skipped)
+            models=[self._model_info(e) for e in self.store.entries()
+                    if e.name not in reasons] + skipped)
 
     def _model_info(self, entry: ModelEntry) -> gateway_pb2.ModelInfo:
         info = gateway_pb2.ModelInfo(name=entry.name, kind=entry.kind,

@@ -12,19 +12,24 @@ from services.common.input_checks import check_prompts
 from services.common.server import ServiceRuntime
 from services.common.telemetry.metrics import TEXT_ENCODE_SECONDS
 from services.text_encoder.engine import TextEncoderEngine
+from services.text_encoder.loras import TextLoraLayers, TextLoraSpec
 
 
 class TextEncoderServicer(text_encoder_pb2_grpc.TextEncoderServicer):
-    def __init__(self, engine: TextEncoderEngine, runtime: ServiceRuntime) -> None:
+    def __init__(self, engine: TextEncoderEngine, runtime: ServiceRuntime,
+                 loras: TextLoraLayers) -> None:
         self.engine = engine
         self.runtime = runtime
+        self.loras = loras
 
     def Encode(self, request: text_encoder_pb2.EncodeRequest,
                context: grpc.ServicerContext) -> text_encoder_pb2.EncodeResponse:
         check_prompts([p.text for p in request.inputs])
         prompts = [PromptInput(p.text, p.zeros) for p in request.inputs]
+        loras = self.loras.load([TextLoraSpec(lo.name, lo.scale, lo.address)
+                                 for lo in request.loras], request.request_id)
         with TEXT_ENCODE_SECONDS.labels(request.model).time():
-            encoded = self.engine.encode(request.model, prompts)
+            encoded = self.engine.encode(request.model, prompts, loras)
 
         def export(tensor: torch.Tensor) -> tensor_pb2.TensorRef:
             return self.runtime.exporter.export(tensor, request.peer,

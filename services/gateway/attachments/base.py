@@ -10,10 +10,12 @@ uses it, an :class:`Attachment` that takes part in the request flow
 2. ``choose_denoiser(replicas)``: may pick the denoiser itself (mask-aware edit placement).
 3. ``place(placer, denoiser, wait_s)``: picks the replicas it needs near the denoiser.
 4. ``start(calls)``: early work once placed (ask the LoRA cache to load).
-5. ``attach(addons, ctx)``: fills its field of the DenoiseRequest's ``addons``.
-6. ``progress(event, out, ctx)``: sees each step's progress (decode a preview, update a ledger).
-7. ``report(metadata)``: what it adds to the result's metadata, from the denoiser's.
-8. ``close()``: frees what it booked, whatever the outcome.
+5. ``encode(request)``: fills its part of the text encoder's EncodeRequest (LoRAs with
+   text-encoder layers).
+6. ``attach(addons, ctx)``: fills its field of the DenoiseRequest's ``addons``.
+7. ``progress(event, out, ctx)``: sees each step's progress (decode a preview, update a ledger).
+8. ``report(metadata)``: what it adds to the result's metadata, from the denoiser's.
+9. ``close()``: frees what it booked, whatever the outcome.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from diffusion.v1 import denoiser_pb2, gateway_pb2, tensor_pb2
+from diffusion.v1 import denoiser_pb2, gateway_pb2, tensor_pb2, text_encoder_pb2
 from services.common.fleet_state import ReplicaInfo
 from services.common.model_store import ModelStore
 from services.gateway.generation import Generation
@@ -70,6 +72,9 @@ class Attachment:
         return []
 
     def start(self, calls: NodeCalls) -> None:
+        return None
+
+    def encode(self, request: text_encoder_pb2.EncodeRequest) -> None:
         return None
 
     def attach(self, addons: denoiser_pb2.Addons, ctx: AttachContext) -> None:

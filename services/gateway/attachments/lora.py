@@ -1,13 +1,22 @@
-"""LoRAs of a request: validated here, loaded by the LoRA cache near the denoiser, merged there."""
+"""LoRAs of a request: validated here (each must fit the model in full, as the scan found),
+loaded by the LoRA cache near the denoiser, merged there; their text-encoder layers are merged
+by the text encoder."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from diffusion.v1 import denoiser_pb2, gateway_pb2, lora_cache_pb2, lora_cache_pb2_grpc
-from services.common.errors import FailedPrecondition, InvalidArgument
+from diffusion.v1 import (
+    denoiser_pb2,
+    gateway_pb2,
+    lora_cache_pb2,
+    lora_cache_pb2_grpc,
+    text_encoder_pb2,
+)
+from services.common.errors import InvalidArgument
 from services.common.fleet_state import ReplicaInfo
+from services.common.lora_scan import LoraFit
 from services.common.model_store import ModelStore
 from services.gateway.attachments.base import AttachContext, Attachment
 from services.gateway.generation import Generation
@@ -22,6 +31,7 @@ PREPARE_TIMEOUT_S = 60.0
 class LoraPlan:
     name: str
     scale: float
+    text_encoder: bool = False      # has text-encoder layers (merged by the text encoder)
 
 
 class LoraAttachment(Attachment):
@@ -53,6 +63,14 @@ class LoraAttachment(Attachment):
             request_id=calls.request_id, loras=[lo.name for lo in self.loras]),
             timeout=PREPARE_TIMEOUT_S, metadata=calls.metadata())
 
+    def encode(self, request: text_encoder_pb2.EncodeRequest) -> None:
+        """The text-encoder layers merge with the LoRA's own scale, as the reference
+        pipelines' ``set_adapters`` scales a LoRA's every component by default."""
+        assert self.cache is not None
+        request.loras.extend(text_encoder_pb2.TextEncoderLora(
+            name=lo.name, scale=lo.scale, address=self.cache.address)
+            for lo in self.loras if lo.text_encoder)
+
     def attach(self, addons: denoiser_pb2.Addons, ctx: AttachContext) -> None:
         assert self.cache is not None
         addons.lora.CopyFrom(denoiser_pb2.LoraPatch(async_steps=self.async_steps, loras=[
@@ -75,25 +93,27 @@ class LoraKind:
             raise InvalidArgument(f"at most {limits.max_loras}", field="loras")
         plans: list[LoraPlan] = []
         for i, lora in enumerate(req.loras):
-            check_fit(store, lora.name, gen.model, f"loras[{i}].name")
+            fit = check_fit(store, lora.name, gen.model, f"loras[{i}].name")
             if any(p.name == lora.name for p in plans):
                 raise InvalidArgument(f"LoRA {lora.name!r} is listed twice",
                                       field=f"loras[{i}].name")
             scale = lora.scale or 1.0
             in_range(scale, -4.0, 4.0, f"loras[{i}].scale")
-            plans.append(LoraPlan(lora.name, scale))
+            plans.append(LoraPlan(lora.name, scale, fit.text_encoder_layers))
         return LoraAttachment(plans, async_steps) if plans else None
 
 
-def check_fit(store: ModelStore, name: str, model: str, field: str) -> None:
-    """Refuses, before any compute, a LoRA that model ``model`` cannot take in full."""
+def check_fit(store: ModelStore, name: str, model: str, field: str) -> LoraFit:
+    """``name``'s fit; refuses, before any compute, a LoRA that model ``model`` cannot take in
+    full."""
     fit = store.loras.usable(name, field)
     if model in fit.fits:
-        if fit.text_encoder_layers:
-            raise FailedPrecondition(f"LoRA {name!r} has text-encoder layers, which this fleet "
-                                     "does not apply yet (it never applies a LoRA in part)",
-                                     field=field)
-        return
+        return fit
+    family = store.pipeline(model).family
+    if fit.family and fit.family != family:
+        raise InvalidArgument(f"LoRA {name!r} is a {fit.family} LoRA (it fits "
+                              f"{', '.join(fit.fits)}); {model!r} is a {family} model",
+                              field=field)
     reason = fit.misfits.get(model, f"LoRA {name!r} was not matched against {model!r}")
     fitting = ", ".join(fit.fits)
     raise InvalidArgument(f"{reason}; it fits {fitting}", field=field)
