@@ -46,7 +46,7 @@ _DTYPES = {"F32": torch.float32, "F16": torch.float16, "F64": torch.float64,
 class CacheSettings:
     """Where template activations live and how much of them."""
 
-    memory_dir: str = "/dev/shm/dfleet-activations"
+    memory_dir: str = f"/dev/shm/dfleet-activations-{os.getuid()}"
     memory_bytes: int = 4 << 30
     spill_dir: str = ""          # empty = evicted records are dropped
     spill_bytes: int = 32 << 30
@@ -103,15 +103,23 @@ class CacheStats:
     sizes: dict[str, int] = field(default_factory=dict)
 
 
+def private_dir(folder: Path) -> Path:
+    """``folder``, made owner-only (0700): recorded activations are other users' prompts'
+    work. One that another user owns is refused rather than shared."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if folder.stat().st_uid != os.getuid():
+        raise ValueError(f"activation folder {folder} belongs to another user; set "
+                         "--activation-dir to a folder of this user's")
+    folder.chmod(0o700)
+    return folder
+
+
 class ActivationCache:
     def __init__(self, settings: CacheSettings) -> None:
         settings.validate()
         self.settings = settings
-        self.memory = Path(settings.memory_dir)
-        self.memory.mkdir(parents=True, exist_ok=True)
-        self.spill = Path(settings.spill_dir) if settings.spill_dir else None
-        if self.spill is not None:
-            self.spill.mkdir(parents=True, exist_ok=True)
+        self.memory = private_dir(Path(settings.memory_dir))
+        self.spill = private_dir(Path(settings.spill_dir)) if settings.spill_dir else None
         self.stats = CacheStats()
         self._lock = threading.Lock()
         self._clock = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,7 @@ class DenoiserSettings(ServiceSettings):
                                 default="")
     activation_dir: str = setting(
         "template activation cache folder, shared by the node's denoisers (host memory "
-        "when on tmpfs)", default="/dev/shm/dfleet-activations")
+        "when on tmpfs); made owner-only", default=f"/dev/shm/dfleet-activations-{os.getuid()}")
     activation_budget_mb: int = setting("bytes of template activations kept there, MiB",
                                         default=4096)
     activation_spill_dir: str = setting("local-disk folder for evicted template activations; "

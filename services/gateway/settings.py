@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.common.input_checks import MAX_STEPS
 from services.common.settings import ServiceSettings, setting
 from services.gateway.auth import load_tokens
 
@@ -80,6 +81,9 @@ class GatewaySettings(ServiceSettings):
                              "requests once per heartbeat")
         if self.max_request_s < 0:
             raise ValueError(f"max_request_s={self.max_request_s} must be >= 0 (0 = no cap)")
+        if self.max_steps > MAX_STEPS:
+            raise ValueError(f"max_steps={self.max_steps} is over {MAX_STEPS}, the most the "
+                             "denoisers run (the schedulers' 1000 training steps)")
         if not 1 <= self.default_steps <= self.max_steps:
             raise ValueError(f"default_steps={self.default_steps} must lie in "
                              f"1..max_steps={self.max_steps}")

@@ -61,7 +61,8 @@ class LoraAttachment(Attachment):
         stub = lora_cache_pb2_grpc.LoraCacheStub(calls.channel(self.cache))
         self._prepare = stub.Prepare.future(lora_cache_pb2.PrepareLoraRequest(
             request_id=calls.request_id, loras=[lo.name for lo in self.loras]),
-            timeout=PREPARE_TIMEOUT_S, metadata=calls.metadata())
+            timeout=min(PREPARE_TIMEOUT_S, calls.timeout() or PREPARE_TIMEOUT_S),
+            metadata=calls.metadata())
 
     def encode(self, request: text_encoder_pb2.EncodeRequest) -> None:
         """The text-encoder layers merge with the LoRA's own scale, as the reference
