@@ -10,7 +10,8 @@ import torch
 from services.common.families.base import Conditioning, Family, PromptInput, TextModels
 
 
-def clip_tokens(tokenizer: Any, texts: list[str]) -> torch.Tensor:
+def clip_tokens(tokenizer: Any, texts: list[str]) -> Any:
+    """The tokenizer's batch (input ids, attention mask), padded to its maximum length."""
     return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
                      truncation=True, return_tensors="pt")
 
