@@ -27,6 +27,7 @@ import pytest
 import dfleet
 from services.common.fleet_state import FleetState
 from tests.diffusers_reference import reference, sample_image, sample_mask
+from tests.fleet_specs import sdk_kwargs
 
 TOLERANCE = 1e-5
 CN_A, CN_B, INIT, MASK = sample_image(1), sample_image(2), sample_image(3), sample_mask()
@@ -60,12 +61,7 @@ def wide_fleet(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def _generate(address: str, spec: dict[str, Any],
               approximations: dfleet.Approximations | None = None
               ) -> tuple[np.ndarray, dict[str, str]]:
-    kwargs = dict(spec)
-    kwargs["controlnets"] = [dfleet.ControlNet(n, image=img, scale=s)
-                             for n, img, s in kwargs.pop("controlnets", [])]
-    kwargs["loras"] = [dfleet.Lora(n, scale=s) for n, s in kwargs.pop("loras", [])]
-    kwargs["ip_adapters"] = [dfleet.IpAdapter(n, image=img, scale=s)
-                             for n, img, s in kwargs.pop("ip_adapters", [])]
+    kwargs = sdk_kwargs(spec)
     with dfleet.Client(address, timeout=120) as client:
         result = client.generate(return_pixels=True, approximations=approximations, **kwargs)
     assert result.pixels is not None

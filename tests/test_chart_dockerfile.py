@@ -60,10 +60,16 @@ def test_every_pip_install_is_pinned_or_the_project() -> None:
         if c.cmd != "RUN":
             continue
         for match in re.finditer(r"pip install ([^&;]+)", c.value[0]):
-            for arg in match.group(1).split():
+            args = match.group(1).split()
+            for previous, arg in zip(["", *args], args, strict=False):
                 if arg.startswith("-"):
                     continue
-                assert arg == "." or "==" in arg, f"unpinned pip install argument {arg!r}"
+                if previous in ("-c", "--constraint", "-r", "--requirement"):
+                    assert (ROOT / arg).is_file(), f"pip install {previous} {arg}: no such file"
+                    continue
+                project = arg.strip("'\"")
+                assert project == "." or project.startswith(".[") or "==" in arg, \
+                    f"unpinned pip install argument {arg!r}"
 
 
 def test_the_project_packages_are_copied_and_not_docker_ignored() -> None:

@@ -4,6 +4,8 @@ model prices a replica's queue by its reported step time and active-request limi
 
 from __future__ import annotations
 
+import pytest
+
 from services.common.fleet_state import ReplicaInfo
 from services.common.transport import host_id
 from services.gateway.cost_model import CostSettings, estimate
@@ -75,3 +77,38 @@ def test_one_active_request_prices_the_queue_first_come_first_served() -> None:
     assert wait_and_run(3, "1") == 4 * 400.0          # three whole requests ahead
     assert wait_and_run(3, "2") == 2 * 400.0 * (1 + costs.batch_marginal)
     assert wait_and_run(3, "0") == 400.0 * (1 + 3 * costs.batch_marginal)  # batch sharing
+
+
+def test_a_replicas_fitted_batch_marginal_replaces_the_default() -> None:
+    costs = CostSettings()
+    shared = _replica(2, batch_marginal="0.25")
+    default = _replica(2)
+    one = estimate(shared, model="m", steps=10, loras=[], gateway_host=host_id(),
+                   payload_bytes=0, settings=costs)
+    other = estimate(default, model="m", steps=10, loras=[], gateway_host=host_id(),
+                     payload_bytes=0, settings=costs)
+    assert one.wait_and_run_ms == pytest.approx(40 * 10 * (1 + 0.25 * 2))
+    assert other.wait_and_run_ms == pytest.approx(40 * 10 * (1 + costs.batch_marginal * 2))
+
+
+def test_the_denoiser_fits_its_batch_marginal_from_measured_steps() -> None:
+    from services.denoiser.engine import DenoiserEngine
+
+    engine = DenoiserEngine(lambda name: None)  # type: ignore[arg-type,return-value]
+    try:
+        assert engine.batch_marginal() is None
+        for works, ms in ((1, 100.0), (2, 160.0), (3, 220.0)):
+            engine._observe_step(ms, works)
+        assert engine.batch_marginal() == pytest.approx(0.6)
+        assert engine.step_ms() == 100.0
+    finally:
+        engine.stop()
+
+
+def test_progress_is_written_at_a_bounded_rate_and_always_at_the_end() -> None:
+    from services.gateway.servicer import ProgressWrites
+
+    writes = ProgressWrites(0.5)
+    due = [writes.due(step, 20, now) for step, now in
+           ((1, 0.0), (2, 0.1), (3, 0.2), (4, 0.6), (5, 0.7), (20, 0.75))]
+    assert due == [True, False, False, True, False, True]

@@ -21,6 +21,7 @@ import pytest
 
 import dfleet
 from tests.diffusers_reference import reference_images, sample_image, sample_mask
+from tests.fleet_specs import sdk_kwargs
 
 TOLERANCE = 1e-5
 CN_A, CN_B, INIT, MASK = sample_image(1), sample_image(2), sample_image(3), sample_mask()
@@ -47,13 +48,8 @@ SDXL: dict[str, dict[str, Any]] = {
 
 
 def generate(address: str, spec: dict[str, Any], **extra: Any) -> dfleet.Result:
-    kwargs = dict(spec)
+    kwargs = sdk_kwargs(spec)
     kwargs.setdefault("model", "tiny-sdxl")
-    kwargs["controlnets"] = [dfleet.ControlNet(n, image=img, scale=s)
-                             for n, img, s in kwargs.pop("controlnets", [])]
-    kwargs["loras"] = [dfleet.Lora(n, scale=s) for n, s in kwargs.pop("loras", [])]
-    kwargs["ip_adapters"] = [dfleet.IpAdapter(n, image=img, scale=s)
-                             for n, img, s in kwargs.pop("ip_adapters", [])]
     with dfleet.Client(address, timeout=120) as client:
         return client.generate(return_pixels=True, steps=8, **kwargs, **extra)
 

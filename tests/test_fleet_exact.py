@@ -18,6 +18,7 @@ import pytest
 
 import dfleet
 from tests.diffusers_reference import reference, sample_image, sample_mask
+from tests.fleet_specs import sdk_kwargs
 
 TOLERANCE = 1e-5
 
@@ -50,10 +51,7 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
 
 
 def fleet_image(address: str, spec: dict[str, Any]) -> tuple[np.ndarray, dict[str, str]]:
-    kwargs = dict(spec)
-    kwargs["controlnets"] = [dfleet.ControlNet(n, image=img, scale=s)
-                             for n, img, s in kwargs.pop("controlnets", [])]
-    kwargs["loras"] = [dfleet.Lora(n, scale=s) for n, s in kwargs.pop("loras", [])]
+    kwargs = sdk_kwargs(spec)
     with dfleet.Client(address, timeout=120) as client:
         result = client.generate(return_pixels=True, **kwargs)
     assert result.pixels is not None

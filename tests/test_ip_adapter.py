@@ -21,6 +21,7 @@ import pytest
 
 import dfleet
 from tests.diffusers_reference import reference_images, sample_image
+from tests.fleet_specs import sdk_kwargs
 
 TOLERANCE = 1e-5
 FACE, STYLE, EDGES = sample_image(5), sample_image(6), sample_image(1)
@@ -40,12 +41,7 @@ CASES: dict[str, dict[str, Any]] = {
 
 
 def generate(address: str, spec: dict[str, Any]) -> dfleet.Result:
-    kwargs = dict(spec)
-    kwargs["ip_adapters"] = [dfleet.IpAdapter(n, image=img, scale=s)
-                             for n, img, s in kwargs.pop("ip_adapters", [])]
-    kwargs["controlnets"] = [dfleet.ControlNet(n, image=img, scale=s)
-                             for n, img, s in kwargs.pop("controlnets", [])]
-    kwargs["loras"] = [dfleet.Lora(n, scale=s) for n, s in kwargs.pop("loras", [])]
+    kwargs = sdk_kwargs(spec)
     with dfleet.Client(address, timeout=120) as client:
         return client.generate(return_pixels=True, steps=spec.get("steps", 10), **{
             k: v for k, v in kwargs.items() if k != "steps"})

@@ -164,10 +164,11 @@ def test_denoiser_dials_only_peers_of_the_fleet(fleet: Any) -> None:
 def test_text_encoder_bounds_its_prompts(fleet: Any) -> None:
     with grpc.insecure_channel(_address(fleet, "text_encoder")) as channel:
         stub = text_encoder_pb2_grpc.TextEncoderStub(channel)
-        for prompts, field in ((["x"] * 17, "prompts"), (["x" * 30_000], "prompts[0]")):
+        for prompts, field in ((["x"] * 17, "inputs"), (["x" * 30_000], "inputs[0]")):
             with pytest.raises(grpc.RpcError) as refused:
                 stub.Encode(text_encoder_pb2.EncodeRequest(
-                    request_id="te-bad", model="tiny-sd", prompts=prompts), timeout=30)
+                    request_id="te-bad", model="tiny-sd",
+                    inputs=[text_encoder_pb2.PromptInput(text=p) for p in prompts]), timeout=30)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert field in (refused.value.details() or "")
 

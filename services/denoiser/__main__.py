@@ -87,8 +87,12 @@ def main(argv: list[str] | None = None) -> None:
         return registry
 
     def figures() -> dict[str, str]:
-        return {"step_ms": f"{engine.step_ms():.2f}",
-                "max_active_requests": str(settings.max_active_requests)}
+        found = {"step_ms": f"{engine.step_ms():.2f}",
+                 "max_active_requests": str(settings.max_active_requests)}
+        marginal = engine.batch_marginal()
+        if marginal is not None:
+            found["batch_marginal"] = f"{marginal:.3f}"
+        return found
 
     serve(ROLE, settings, add, Heartbeat(models=unets.names, loras=cache.names, load=engine.load,
                                          extra=figures))

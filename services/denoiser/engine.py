@@ -65,6 +65,7 @@ class DenoiserEngine:
         self.steps_run = 0
         self.batches_run = 0
         self._step_ms = 0.0
+        self._batch_ms: dict[int, float] = {}   # works per batch -> recent step time
         self._thread = threading.Thread(target=self._serve, name="denoise-loop", daemon=True)
         self._thread.start()
 
@@ -105,8 +106,21 @@ class DenoiserEngine:
         """Recent time of one step of one request alone (moving average); 0 before any."""
         return self._step_ms
 
-    def _observe_step(self, ms: float) -> None:
-        self._step_ms = ms if self._step_ms == 0 else 0.8 * self._step_ms + 0.2 * ms
+    def batch_marginal(self) -> float | None:
+        """Extra step time per extra work in a batch, as a fraction of one work's step: the
+        least-squares fit of t(b) = t(1) * (1 + m * (b - 1)) over the batch sizes seen; None
+        before a batch of two or more has run."""
+        solo = self._batch_ms.get(1, 0.0)
+        pairs = [(b - 1, t / solo - 1.0) for b, t in self._batch_ms.items() if b > 1 and solo]
+        if not pairs:
+            return None
+        return max(0.0, sum(x * y for x, y in pairs) / sum(x * x for x, _ in pairs))
+
+    def _observe_step(self, ms: float, works: int = 1) -> None:
+        seen = self._batch_ms.get(works, 0.0)
+        self._batch_ms[works] = ms if seen == 0 else 0.8 * seen + 0.2 * ms
+        if works == 1:
+            self._step_ms = self._batch_ms[1]
 
     def load(self) -> int:
         with self._lock:
@@ -166,8 +180,7 @@ class DenoiserEngine:
                 for work in group:
                     self._report_failure(work, exc)
                 continue
-            if len(group) == 1:
-                self._observe_step((time.perf_counter() - started) * 1e3)
+            self._observe_step((time.perf_counter() - started) * 1e3, len(group))
             self.batches_run += 1
             for work, outcome in zip(group, completed, strict=True):
                 if isinstance(outcome, Exception):

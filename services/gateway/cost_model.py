@@ -36,7 +36,8 @@ class CostSettings:
     default_step_ms: float = 50.0
     """Step time of a replica that has not reported one yet."""
     batch_marginal: float = 0.6
-    """Extra step time per request already in the batch, as a fraction of one step."""
+    """Extra step time per request already in the batch, as a fraction of one step, until the
+    replica reports its own fit."""
     model_load_ms: float = 3000.0
     """Loading a model that the replica does not hold."""
     lora_load_ms: float = 500.0
@@ -116,6 +117,15 @@ def step_ms(replica: ReplicaInfo, settings: CostSettings, pixels: int = 0,
     return measured if measured > 0 else settings.default_step_ms
 
 
+def batch_marginal(replica: ReplicaInfo, settings: CostSettings) -> float:
+    """The replica's fitted extra step time per request sharing its batch, once it reports
+    one; the default until then."""
+    try:
+        return float(replica.extra["batch_marginal"])
+    except (KeyError, ValueError):
+        return settings.batch_marginal
+
+
 def max_active(replica: ReplicaInfo) -> int:
     """How many requests the replica steps at once (0 = all it has)."""
     try:
@@ -136,7 +146,7 @@ def estimate(replica: ReplicaInfo, *, model: str, steps: int, loras: list[str],
     else:
         waves, sharing = 1, replica.load
     per_step = step_ms(replica, settings, pixels, learned) * (
-        1.0 + settings.batch_marginal * sharing)
+        1.0 + batch_marginal(replica, settings) * sharing)
     load = 0.0 if model in replica.models else settings.model_load_ms
     load += settings.lora_load_ms * sum(1 for name in loras if name not in replica.loras)
     transfer = 0.0

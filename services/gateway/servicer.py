@@ -52,6 +52,22 @@ def error_info(exc: BaseException) -> gateway_pb2.ErrorInfo:
                                  message=f"internal error: {type(exc).__name__}: {exc}")
 
 
+class ProgressWrites:
+    """When a running request's step is worth writing to Redis: at most once per
+    ``interval_s``, and always the last step (GetRequest reads it; every step would be a
+    Redis write per request per step)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last: float | None = None
+
+    def due(self, step: int, total: int, now: float) -> bool:
+        if step < total and self._last is not None and now - self._last < self.interval_s:
+            return False
+        self._last = now
+        return True
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, settings: GatewaySettings, store: ModelStore, requests: RequestLog,
                  flow: RequestFlow, attachments: AttachmentKinds, runtime: ServiceRuntime,
@@ -136,11 +152,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         try:
             self.requests.set_state(rid, gateway_pb2.REQUEST_STATE_RUNNING, total=flow.steps)
 
+            writes = ProgressWrites(self.settings.progress_write_s)
+
             def forward(event: gateway_pb2.GenerateEvent) -> None:
                 if event.HasField("progress"):
                     timer.step()
-                    self.requests.set_state(rid, gateway_pb2.REQUEST_STATE_RUNNING,
-                                            event.progress.step, event.progress.total_steps)
+                    step, total = event.progress.step, event.progress.total_steps
+                    if writes.due(step, total, time.monotonic()):
+                        self.requests.set_state(rid, gateway_pb2.REQUEST_STATE_RUNNING,
+                                                step, total)
                 emit(event)
 
             outcome = self.flow.run(flow, forward, deadline, cancel.is_set, depth)

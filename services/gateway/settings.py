@@ -42,6 +42,9 @@ class GatewaySettings(ServiceSettings):
     result_ttl_s: int = setting("seconds results stay readable by GetRequest", default=3600)
     replica_wait_s: float = setting("seconds a request waits for a role with no live replica "
                                     "(scale from zero) before UNAVAILABLE", default=30.0)
+    progress_write_s: float = setting("seconds between writes of a running request's step to "
+                                      "Redis (GetRequest); the last step is always written",
+                                      default=0.5)
     recover_interval_s: float = setting("seconds between scans for orphaned requests",
                                         default=10.0)
     orphan_claim_idle_s: float = setting(

@@ -24,7 +24,7 @@ class TextEncoderServicer(text_encoder_pb2_grpc.TextEncoderServicer):
 
     def Encode(self, request: text_encoder_pb2.EncodeRequest,
                context: grpc.ServicerContext) -> text_encoder_pb2.EncodeResponse:
-        check_prompts([p.text for p in request.inputs])
+        check_prompts([p.text for p in request.inputs], field="inputs")
         prompts = [PromptInput(p.text, p.zeros) for p in request.inputs]
         loras = self.loras.load([TextLoraSpec(lo.name, lo.scale, lo.address)
                                  for lo in request.loras], request.request_id)
