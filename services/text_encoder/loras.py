@@ -50,10 +50,6 @@ class TextLoraLayers:
     def load(self, specs: Sequence[TextLoraSpec], request_id: str) -> list[TextLora]:
         return [TextLora(s.name, s.scale, self._layers(s, request_id)) for s in specs]
 
-    def names(self) -> list[str]:
-        with self._lock:
-            return list(self._entries)
-
     def _layers(self, spec: TextLoraSpec, request_id: str) -> dict[str, Layers]:
         with self._lock:
             if spec.name in self._entries:
