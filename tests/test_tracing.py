@@ -70,12 +70,13 @@ def _trace_of_request(receiver: OtlpReceiver, gateway: str, otel: dict[str, str]
     trace_id = roots[0].trace_id
 
     def complete(spans: list[ReceivedSpan]) -> bool:
-        services = {s.service for s in spans if s.trace_id == trace_id}
-        return {f"dfleet-{role}" for role in ROLES} <= services
+        # every expected server span, not just a span per service: a service exports its
+        # spans in batches, and the gateway's Generate span ends (and is sent) last
+        servers = {(s.service, s.name) for s in spans
+                   if s.trace_id == trace_id and s.kind == SERVER}
+        return {(callee, rpc) for _, callee, rpc in CALLS} <= servers
 
     return [s for s in receiver.wait_for(complete) if s.trace_id == trace_id]
-
-
 
 
 def test_one_trace_spans_every_node_with_parent_links(traced: Any, tmp_path: Path) -> None:
