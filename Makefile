@@ -28,7 +28,7 @@ down:
 	$(PY) -m dfleet down
 
 test: setup redis
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20
 
 soak: setup redis
 	$(PY) bench/soak.py --minutes $(or $(SOAK_MINUTES),30)
