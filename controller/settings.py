@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-ROLES = ("gateway", "text_encoder", "image_encoder", "denoiser", "controlnet", "vae",
+ROLES = ("gateway", "text_encoder", "image_encoder", "ar_embed", "denoiser", "controlnet", "vae",
          "lora_cache")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 

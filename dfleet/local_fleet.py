@@ -35,8 +35,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.tls import TlsFiles, open_channel
 
-ROLES = ("text_encoder", "image_encoder", "vae", "lora_cache", "controlnet", "denoiser",
-         "gateway")
+ROLES = ("text_encoder", "image_encoder", "ar_embed", "vae", "lora_cache", "controlnet",
+         "denoiser", "gateway")
 SUPERVISE_POLL_S = 0.5
 RESTART_PAUSE_S = (0.5, 30.0)   # first and longest pause before a crashed service restarts
 STABLE_S = 60.0                 # a service up this long has its pause reset

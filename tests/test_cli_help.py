@@ -31,7 +31,8 @@ def _service_settings() -> list[tuple[str, type[ServiceSettings]]]:
     from services.text_encoder.__main__ import TextEncoderSettings
 
     return [("text_encoder", TextEncoderSettings), ("vae", ServiceSettings),
-            ("image_encoder", ServiceSettings), ("http_front", HttpFrontSettings),
+            ("image_encoder", ServiceSettings), ("ar_embed", ServiceSettings),
+            ("http_front", HttpFrontSettings),
             ("gateway", GatewaySettings), ("denoiser", DenoiserSettings),
             ("controlnet", ControlNetSettings), ("lora_cache", LoraCacheSettings)]
 

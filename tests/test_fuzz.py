@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import dfleet
 from diffusion.v1 import (
+    ar_embed_pb2,
     controlnet_pb2,
     denoiser_pb2,
     gateway_pb2,
@@ -36,6 +37,7 @@ SERVICES = {  # role -> services it serves (besides health)
     "gateway": [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]],
     "text_encoder": [text_encoder_pb2.DESCRIPTOR.services_by_name["TextEncoder"]],
     "image_encoder": [image_encoder_pb2.DESCRIPTOR.services_by_name["ImageEncoder"]],
+    "ar_embed": [ar_embed_pb2.DESCRIPTOR.services_by_name["ArEmbed"]],
     "denoiser": [denoiser_pb2.DESCRIPTOR.services_by_name["Denoiser"]],
     "controlnet": [controlnet_pb2.DESCRIPTOR.services_by_name["ControlNet"]],
     "vae": [vae_pb2.DESCRIPTOR.services_by_name["Vae"]],

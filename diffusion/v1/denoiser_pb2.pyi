@@ -36,7 +36,7 @@ class LoraAttachment(_message.Message):
     def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ..., address: _Optional[str] = ...) -> None: ...
 
 class DenoiseRequest(_message.Message):
-    __slots__ = ("request_id", "model", "width", "height", "num_inference_steps", "guidance_scale", "seed", "strength", "image_moments", "mask", "masked_image_moments", "peer", "scheduler", "num_images", "conditioning", "negative_conditioning", "addons")
+    __slots__ = ("request_id", "model", "width", "height", "num_inference_steps", "guidance_scale", "seed", "strength", "image_moments", "mask", "masked_image_moments", "peer", "scheduler", "num_images", "conditioning", "negative_conditioning", "priority", "addons")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class DenoiseRequest(_message.Message):
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
     CONDITIONING_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_CONDITIONING_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     ADDONS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
@@ -70,8 +71,9 @@ class DenoiseRequest(_message.Message):
     num_images: int
     conditioning: _tensor_pb2.Conditioning
     negative_conditioning: _tensor_pb2.Conditioning
+    priority: int
     addons: Addons
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., mask: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., masked_image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., scheduler: _Optional[str] = ..., num_images: _Optional[int] = ..., conditioning: _Optional[_Union[_tensor_pb2.Conditioning, _Mapping]] = ..., negative_conditioning: _Optional[_Union[_tensor_pb2.Conditioning, _Mapping]] = ..., addons: _Optional[_Union[Addons, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., mask: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., masked_image_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., scheduler: _Optional[str] = ..., num_images: _Optional[int] = ..., conditioning: _Optional[_Union[_tensor_pb2.Conditioning, _Mapping]] = ..., negative_conditioning: _Optional[_Union[_tensor_pb2.Conditioning, _Mapping]] = ..., priority: _Optional[int] = ..., addons: _Optional[_Union[Addons, _Mapping]] = ...) -> None: ...
 
 class Addons(_message.Message):
     __slots__ = ("lora", "controlnet", "cfg_partner", "template_edit", "preview", "ip_adapter")

@@ -1,4 +1,5 @@
 from diffusion.v1 import tensor_pb2 as _tensor_pb2
+from diffusion.v1 import workflow_pb2 as _workflow_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -74,7 +75,14 @@ class Approximations(_message.Message):
     def __init__(self, lora_async_steps: _Optional[int] = ..., stale_controlnet: _Optional[bool] = ..., activation_cache: _Optional[bool] = ..., cfg_parallel: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "has_guidance_scale", "seed", "controlnets", "loras", "image", "mask", "strength", "preview", "approximations", "template_id", "return_pixels", "scheduler", "num_images", "ip_adapters")
+    __slots__ = ("request_id", "model", "prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "has_guidance_scale", "seed", "controlnets", "loras", "image", "mask", "strength", "preview", "approximations", "template_id", "return_pixels", "scheduler", "num_images", "ip_adapters", "workflow_id", "inputs", "priority")
+    class InputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _workflow_pb2.WorkflowValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_workflow_pb2.WorkflowValue, _Mapping]] = ...) -> None: ...
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +105,9 @@ class GenerateRequest(_message.Message):
     SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
     IP_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt: str
@@ -119,7 +130,10 @@ class GenerateRequest(_message.Message):
     scheduler: str
     num_images: int
     ip_adapters: _containers.RepeatedCompositeFieldContainer[IpAdapterInput]
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., has_guidance_scale: _Optional[bool] = ..., seed: _Optional[int] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetInput, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[LoraInput, _Mapping]]] = ..., image: _Optional[_Union[ImageInput, _Mapping]] = ..., mask: _Optional[_Union[ImageInput, _Mapping]] = ..., strength: _Optional[float] = ..., preview: _Optional[bool] = ..., approximations: _Optional[_Union[Approximations, _Mapping]] = ..., template_id: _Optional[str] = ..., return_pixels: _Optional[bool] = ..., scheduler: _Optional[str] = ..., num_images: _Optional[int] = ..., ip_adapters: _Optional[_Iterable[_Union[IpAdapterInput, _Mapping]]] = ...) -> None: ...
+    workflow_id: str
+    inputs: _containers.MessageMap[str, _workflow_pb2.WorkflowValue]
+    priority: int
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., has_guidance_scale: _Optional[bool] = ..., seed: _Optional[int] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetInput, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[LoraInput, _Mapping]]] = ..., image: _Optional[_Union[ImageInput, _Mapping]] = ..., mask: _Optional[_Union[ImageInput, _Mapping]] = ..., strength: _Optional[float] = ..., preview: _Optional[bool] = ..., approximations: _Optional[_Union[Approximations, _Mapping]] = ..., template_id: _Optional[str] = ..., return_pixels: _Optional[bool] = ..., scheduler: _Optional[str] = ..., num_images: _Optional[int] = ..., ip_adapters: _Optional[_Iterable[_Union[IpAdapterInput, _Mapping]]] = ..., workflow_id: _Optional[str] = ..., inputs: _Optional[_Mapping[str, _workflow_pb2.WorkflowValue]] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class Queued(_message.Message):
     __slots__ = ("position",)
@@ -138,14 +152,16 @@ class Progress(_message.Message):
     def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., preview: _Optional[_Union[ImageInput, _Mapping]] = ...) -> None: ...
 
 class GeneratedImage(_message.Message):
-    __slots__ = ("image", "pixels", "seed")
+    __slots__ = ("image", "pixels", "seed", "output")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     PIXELS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
     image: ImageInput
     pixels: _tensor_pb2.TensorRef
     seed: int
-    def __init__(self, image: _Optional[_Union[ImageInput, _Mapping]] = ..., pixels: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
+    output: str
+    def __init__(self, image: _Optional[_Union[ImageInput, _Mapping]] = ..., pixels: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., seed: _Optional[int] = ..., output: _Optional[str] = ...) -> None: ...
 
 class GenerateResult(_message.Message):
     __slots__ = ("image", "pixels", "metadata", "latency_ms", "images")

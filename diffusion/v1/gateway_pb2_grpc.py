@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from diffusion.v1 import gateway_pb2 as diffusion_dot_v1_dot_gateway__pb2
+from diffusion.v1 import workflow_pb2 as diffusion_dot_v1_dot_workflow__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -60,6 +61,26 @@ class GatewayStub:
                 request_serializer=diffusion_dot_v1_dot_gateway__pb2.RegisterTemplateRequest.SerializeToString,
                 response_deserializer=diffusion_dot_v1_dot_gateway__pb2.RegisterTemplateResponse.FromString,
                 _registered_method=True)
+        self.RegisterWorkflow = channel.unary_unary(
+                '/diffusion.v1.Gateway/RegisterWorkflow',
+                request_serializer=diffusion_dot_v1_dot_workflow__pb2.RegisterWorkflowRequest.SerializeToString,
+                response_deserializer=diffusion_dot_v1_dot_workflow__pb2.RegisterWorkflowResponse.FromString,
+                _registered_method=True)
+        self.ListWorkflows = channel.unary_unary(
+                '/diffusion.v1.Gateway/ListWorkflows',
+                request_serializer=diffusion_dot_v1_dot_workflow__pb2.ListWorkflowsRequest.SerializeToString,
+                response_deserializer=diffusion_dot_v1_dot_workflow__pb2.ListWorkflowsResponse.FromString,
+                _registered_method=True)
+        self.GetWorkflow = channel.unary_unary(
+                '/diffusion.v1.Gateway/GetWorkflow',
+                request_serializer=diffusion_dot_v1_dot_workflow__pb2.GetWorkflowRequest.SerializeToString,
+                response_deserializer=diffusion_dot_v1_dot_workflow__pb2.GetWorkflowResponse.FromString,
+                _registered_method=True)
+        self.ImportWorkflow = channel.unary_unary(
+                '/diffusion.v1.Gateway/ImportWorkflow',
+                request_serializer=diffusion_dot_v1_dot_workflow__pb2.ImportWorkflowRequest.SerializeToString,
+                response_deserializer=diffusion_dot_v1_dot_workflow__pb2.ImportWorkflowResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -102,6 +123,34 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterWorkflow(self, request, context):
+        """Checks a workflow graph (types, cycles, the fleet's models and their families) and
+        keeps it; returns its content-hash id, which Generate may name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkflows(self, request, context):
+        """The registered workflows, built-in ones included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWorkflow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportWorkflow(self, request, context):
+        """Converts a workflow file of another tool (ComfyUI's API format) into a workflow.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +178,26 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.RegisterTemplate,
                     request_deserializer=diffusion_dot_v1_dot_gateway__pb2.RegisterTemplateRequest.FromString,
                     response_serializer=diffusion_dot_v1_dot_gateway__pb2.RegisterTemplateResponse.SerializeToString,
+            ),
+            'RegisterWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterWorkflow,
+                    request_deserializer=diffusion_dot_v1_dot_workflow__pb2.RegisterWorkflowRequest.FromString,
+                    response_serializer=diffusion_dot_v1_dot_workflow__pb2.RegisterWorkflowResponse.SerializeToString,
+            ),
+            'ListWorkflows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkflows,
+                    request_deserializer=diffusion_dot_v1_dot_workflow__pb2.ListWorkflowsRequest.FromString,
+                    response_serializer=diffusion_dot_v1_dot_workflow__pb2.ListWorkflowsResponse.SerializeToString,
+            ),
+            'GetWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkflow,
+                    request_deserializer=diffusion_dot_v1_dot_workflow__pb2.GetWorkflowRequest.FromString,
+                    response_serializer=diffusion_dot_v1_dot_workflow__pb2.GetWorkflowResponse.SerializeToString,
+            ),
+            'ImportWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportWorkflow,
+                    request_deserializer=diffusion_dot_v1_dot_workflow__pb2.ImportWorkflowRequest.FromString,
+                    response_serializer=diffusion_dot_v1_dot_workflow__pb2.ImportWorkflowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +336,114 @@ class Gateway:
             '/diffusion.v1.Gateway/RegisterTemplate',
             diffusion_dot_v1_dot_gateway__pb2.RegisterTemplateRequest.SerializeToString,
             diffusion_dot_v1_dot_gateway__pb2.RegisterTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/diffusion.v1.Gateway/RegisterWorkflow',
+            diffusion_dot_v1_dot_workflow__pb2.RegisterWorkflowRequest.SerializeToString,
+            diffusion_dot_v1_dot_workflow__pb2.RegisterWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkflows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/diffusion.v1.Gateway/ListWorkflows',
+            diffusion_dot_v1_dot_workflow__pb2.ListWorkflowsRequest.SerializeToString,
+            diffusion_dot_v1_dot_workflow__pb2.ListWorkflowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/diffusion.v1.Gateway/GetWorkflow',
+            diffusion_dot_v1_dot_workflow__pb2.GetWorkflowRequest.SerializeToString,
+            diffusion_dot_v1_dot_workflow__pb2.GetWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/diffusion.v1.Gateway/ImportWorkflow',
+            diffusion_dot_v1_dot_workflow__pb2.ImportWorkflowRequest.SerializeToString,
+            diffusion_dot_v1_dot_workflow__pb2.ImportWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,8 +2,10 @@
 
 A models folder holds base pipelines (folders with ``model_index.json``, of a family in
 :mod:`services.common.families`), ControlNets under ``controlnets/``, LoRA ``.safetensors``
-files under ``loras/`` and IP-Adapters under ``ip_adapters/NAME/`` (the adapter's
-``.safetensors`` file beside its ``image_encoder/`` folder, as they are published). Names are
+files under ``loras/``, IP-Adapters under ``ip_adapters/NAME/`` (the adapter's
+``.safetensors`` file beside its ``image_encoder/`` folder, as they are published), and
+autoregressive image-embedding models and their adapters under ``ar/`` and
+``embed_adapters/`` (:mod:`services.common.ar_models`). Names are
 folder / file stems. Weights load only from safetensors (:mod:`services.common.model_files`).
 
 A folder that cannot be served (a partial copy, pickled weights only, an unknown pipeline) is
@@ -26,6 +28,7 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel  # no
 from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection  # noqa: F401
 
+from services.common.ar_models import check_adapter_folder, check_ar_folder
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.families import Family, TextModels, detect
 from services.common.lora_scan import LoraCatalog
@@ -43,7 +46,8 @@ log = logging.getLogger("dfleet.models")
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    kind: str  # "base", "inpainting", "controlnet", "lora", "ip_adapter"
+    kind: str  # "base", "inpainting", "controlnet", "lora", "ip_adapter", "ar_embed",
+               # "embed_adapter"
     path: Path
     default_size: int = 0  # image side in pixels; 0 for LoRAs
     family: str = ""       # pipelines and ControlNets
@@ -114,6 +118,15 @@ class ModelStore:
         for sub in sorted((self.root / "ip_adapters").glob("*/image_encoder/config.json")):
             folder = sub.parent.parent
             entries[folder.name] = ModelEntry(folder.name, "ip_adapter", folder)
+        for kind, pattern, check in (("ar_embed", "ar/*/config.json", check_ar_folder),
+                                     ("embed_adapter", "embed_adapters/*/config.json",
+                                      check_adapter_folder)):
+            for sub in sorted(self.root.glob(pattern)):
+                try:
+                    check(sub.parent)
+                    entries[sub.parent.name] = ModelEntry(sub.parent.name, kind, sub.parent)
+                except (OSError, ValueError, KeyError, WeightsProblem) as exc:
+                    self._skip(sub.parent.name, str(exc))
         return entries
 
     def entries(self, kind: str | None = None) -> list[ModelEntry]:

@@ -10,6 +10,8 @@ Layout of the tree (the same one :mod:`services.common.model_store` reads):
                                   :mod:`services.common.tiny_loras`
     ROOT/ip_adapters/tiny-ip-adapter/  IP-Adapter weights (the published file layout) beside
                                   its image encoder (a CLIP vision model with projection)
+    ROOT/ar/tiny-ar/, ROOT/embed_adapters/  an AR image-embedding model and its adapters
+                                  (:mod:`services.common.tiny_ar`)
 
 Nothing is downloaded: the tokenizer is a byte-level CLIP vocabulary built here.
 """
@@ -221,6 +223,9 @@ def write_tiny_model(root: str | Path, seed: int = 0, preset: str = "tiny") -> P
     from services.common.tiny_loras import write_tiny_loras
 
     write_tiny_loras(root, seed + 20)
+    from services.common.tiny_ar import write_ar_tree
+
+    write_ar_tree(root, seed + 30)
     (root / "tree.json").write_text(json.dumps({"generator": "dfleet tiny-model", "seed": seed,
                                                 "preset": preset}, indent=1))
     return root

@@ -16,6 +16,7 @@ loop) runs on the engine's :class:`~services.common.compute.ComputeThread`.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -47,15 +48,18 @@ class DenoiserEngine:
         """``runner`` runs one batch (:func:`~services.denoiser.step_batch.run_batch`).
 
         ``max_active_requests`` (0 = no limit) bounds the submitted requests that step
-        together; later ones wait, first come first served, until one ends. Works added
-        by other paths (CFG passes, template recordings) are not counted and never wait.
+        together; later ones wait until one ends, and start highest priority first, first
+        come first served among equals. Works added by other paths (CFG passes, template
+        recordings) are not counted and never wait.
         """
         self.compute = ComputeThread("denoise-compute")
         self._load_unet = load_unet
         self.runner = runner
         self.max_batch_requests = max_batch_requests
         self.max_active_requests = max_active_requests
-        self._waiting: list[DenoiseWork] = []   # submitted, beyond max_active_requests
+        self._waiting: list[DenoiseWork] = []   # beyond max_active_requests, by _order
+        self._order: dict[int, tuple[int, int]] = {}   # id() -> (-priority, arrival)
+        self._arrivals = 0
         self._limited: set[int] = set()         # id() of active works that count against it
         self._pending: list[DenoiseWork] = []
         self._active: list[DenoiseWork] = []
@@ -83,14 +87,17 @@ class DenoiserEngine:
         state: RequestState = self.compute.run(prepare, job, model.info)
         built = self.compute.run(addons, state) if callable(addons) else list(addons or [])
         work = DenoiseWork(state, built)
-        self.add(work, limited=True)
+        self.add(work, limited=True, priority=job.priority)
         return work
 
-    def add(self, work: DenoiseWork, limited: bool = False) -> None:
-        """Queues ``work``; a ``limited`` one counts against ``max_active_requests``."""
+    def add(self, work: DenoiseWork, limited: bool = False, priority: int = 0) -> None:
+        """Queues ``work``; a ``limited`` one counts against ``max_active_requests`` and
+        waits its turn by ``priority`` (higher first), then arrival."""
         with self._lock:
             if limited and self.max_active_requests > 0:
-                self._waiting.append(work)
+                self._arrivals += 1
+                self._order[id(work)] = (-priority, self._arrivals)
+                bisect.insort(self._waiting, work, key=lambda w: self._order[id(w)])
             else:
                 self._pending.append(work)
             self._woken = True
@@ -153,6 +160,7 @@ class DenoiserEngine:
         """Moves waiting requests to the active set while there is room (under the lock)."""
         while self._waiting and len(self._limited) < self.max_active_requests:
             work = self._waiting.pop(0)
+            del self._order[id(work)]
             self._limited.add(id(work))
             self._active.append(work)
             self._woken = True
@@ -217,6 +225,7 @@ class DenoiserEngine:
             if error is not None:
                 with self._lock:
                     self._waiting.remove(work)
+                    del self._order[id(work)]
                 self._finish(work, error)
         for work in list(self._active):
             error = work.expired(now)

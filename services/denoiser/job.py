@@ -41,6 +41,7 @@ class DenoiseJob:
     add_time_ids: torch.Tensor | None = None
     addons: dict[str, Any] = field(default_factory=dict)  # add-on name -> its spec
     deadline: float | None = None                 # time.monotonic() value
+    priority: int = 0                             # waiting jobs start highest first
     events: queue.Queue[Any] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)

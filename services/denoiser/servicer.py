@@ -271,4 +271,5 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
             scheduler=schedulers.check_name(request.scheduler),
             num_images=request.num_images or 1,
             addons=self.registry.decode(request.addons, self._load),
+            priority=request.priority,
             deadline=(time.monotonic() + remaining) if remaining is not None else None)

@@ -27,6 +27,8 @@ from services.gateway.servicer import GatewayServicer
 from services.gateway.settings import GatewaySettings
 from services.gateway.template_registration import TemplateRegistrar
 from services.gateway.templates import TemplateRegistry
+from services.gateway.workflows.registry import WorkflowRegistry
+from services.gateway.workflows.service import Workflows
 
 ROLE = "gateway"
 log = logging.getLogger("dfleet.gateway")
@@ -79,8 +81,11 @@ def main(argv: list[str] | None = None) -> None:
         flow = RequestFlow(runtime.fleet, runtime.channels, runtime.exporter, runtime.importer,
                            settings.inline_max_bytes, settings.replica_wait_s,
                            CostSettings(max_pixel_steps=settings.max_pixel_steps))
+        workflows = Workflows(WorkflowRegistry(runtime.fleet, store), store, settings,
+                              attachments)
+        workflows.register_builtins()
         servicer = GatewayServicer(settings, store, requests, flow, attachments, runtime,
-                                   TemplateRegistrar(settings, store, registry, flow))
+                                   TemplateRegistrar(settings, store, registry, flow), workflows)
         holder["servicer"] = servicer
         gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
         threading.Thread(target=_upkeep_loop, daemon=True, name="upkeep",

@@ -9,8 +9,9 @@ Kubernetes Secret mounted as a file; re-read when it changes) lists them:
         rate_per_s: 2             # Generate/RegisterTemplate calls per second (0 = no limit)
         burst: 4                  # calls allowed at once above the rate
         priority: low             # high | normal | low: share of max_inflight it may fill
-        allow: [generate, read]   # generate, read (GetRequest, ListModels), cancel,
-                                  # templates; default: all
+        allow: [generate, read]   # generate, read (GetRequest, ListModels, ListWorkflows,
+                                  # GetWorkflow), cancel, templates, workflows (Register-
+                                  # and ImportWorkflow); default: all
 
 No token: UNAUTHENTICATED; an unknown one: UNAUTHENTICATED; a call its token may
 not make: PERMISSION_DENIED; over its rate, or over its priority's share of the
@@ -37,9 +38,10 @@ log = logging.getLogger("dfleet.gateway")
 
 PRIORITY_SHARE = {"high": 1.0, "normal": 0.9, "low": 0.5}
 PERMISSIONS = {"Generate": "generate", "RegisterTemplate": "templates", "Cancel": "cancel",
-               "GetRequest": "read", "ListModels": "read"}
+               "GetRequest": "read", "ListModels": "read", "RegisterWorkflow": "workflows",
+               "ImportWorkflow": "workflows", "ListWorkflows": "read", "GetWorkflow": "read"}
 ALL_PERMISSIONS = frozenset(PERMISSIONS.values())
-RATED = {"Generate", "RegisterTemplate"}
+RATED = {"Generate", "RegisterTemplate", "RegisterWorkflow", "ImportWorkflow"}
 GATEWAY_SERVICE = "/diffusion.v1.Gateway/"
 RELOAD_CHECK_S = 5.0
 

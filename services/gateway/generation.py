@@ -9,6 +9,7 @@ import torch
 
 if TYPE_CHECKING:
     from services.gateway.attachments.base import Attachment
+    from services.gateway.workflows.plan import Plan
 
 
 @dataclass
@@ -34,10 +35,14 @@ class Generation:
     scheduler: str = ""
     num_images: int = 1
     return_pixels: bool = False
+    priority: int = 0
     attachments: list[Attachment] = field(default_factory=list)
+    plan: Plan | None = None      # the workflow it runs (a plain request's: a built-in one)
 
     @property
     def kind(self) -> str:
+        if self.plan is not None and not self.plan.registered.builtin:
+            return "workflow"   # a registered one (its name and id are in the metadata)
         base = "inpaint" if self.mask is not None else (
             "img2img" if self.init_image is not None else "txt2img")
         return "+".join([base, *(a.label for a in self.attachments if a.label)])

@@ -1,9 +1,13 @@
-"""One request through the fleet: place -> encode -> denoise -> decode.
+"""One request through the fleet: place -> the workflow's nodes -> denoise -> the rest.
 
-Tensors flow between the node services directly: the gateway passes along the references each
-producer returns (the producer exported them for the peer that will read them), and reads only
-the final images itself. What is attached to the denoise node (LoRAs, ControlNets, a CFG
-partner, a template edit, previews) takes part through its attachment
+Every request runs a workflow (a plain one, the built-in workflow of its kind): its nodes
+before the denoise node (text encodes, VAE encodes, AR embeddings, ...) and after it (the
+VAE decode) run in :mod:`services.gateway.workflows.executor`; this module places the
+request, runs the denoise node with its attachments and re-places the request when a
+replica dies. Tensors flow between the node services directly: the gateway passes along the
+references each producer returns (the producer exported them for the peer that will read
+them), and reads only the final images itself. What is attached to the denoise node (LoRAs,
+ControlNets, a CFG partner, a template edit, previews) takes part through its attachment
 (:mod:`services.gateway.attachments`); this module knows none of them by name.
 """
 
@@ -17,23 +21,12 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
-import torch
 
-from diffusion.v1 import (
-    denoiser_pb2,
-    denoiser_pb2_grpc,
-    gateway_pb2,
-    tensor_pb2,
-    tensor_pb2_grpc,
-    text_encoder_pb2,
-    text_encoder_pb2_grpc,
-    vae_pb2,
-    vae_pb2_grpc,
-)
+from diffusion.v1 import denoiser_pb2, denoiser_pb2_grpc, gateway_pb2, tensor_pb2, tensor_pb2_grpc
 from services.common.channels import ChannelPool
 from services.common.errors import Cancelled, ResourceExhausted, Unavailable, from_rpc_error
 from services.common.fleet_state import FleetState, ReplicaInfo
-from services.common.transport import TensorExporter, TensorImporter, local_peer
+from services.common.transport import TensorExporter, TensorImporter
 from services.gateway import images
 from services.gateway.attachments.base import AttachContext
 from services.gateway.cost_model import CostSettings, check_budget
@@ -42,6 +35,15 @@ from services.gateway.failover import Failover, roles_of, unavailable
 from services.gateway.generation import Generation
 from services.gateway.node_calls import NodeCalls
 from services.gateway.placement import Placement, Placer, peer_of
+from services.gateway.workflows.executor import (
+    DenoiseInputs,
+    Executor,
+    NodeReplicas,
+    early_depth,
+    other_nodes,
+    run_nodes,
+)
+from services.gateway.workflows.node_costs import NodeCosts
 
 log = logging.getLogger("dfleet.gateway")
 
@@ -53,13 +55,7 @@ class Outcome:
     pixels: list[np.ndarray]      # one float image [H, W, 3] per image
     pngs: list[bytes]
     metadata: dict[str, str]
-
-
-@dataclass
-class Encoded:
-    prompts: list[tensor_pb2.Conditioning]
-    image_moments: tensor_pb2.TensorRef | None = None
-    masked_image_moments: tensor_pb2.TensorRef | None = None
+    outputs: list[str]            # the workflow output each image is
 
 
 class RequestFlow:
@@ -76,6 +72,7 @@ class RequestFlow:
         self.inline_max_bytes = inline_max_bytes
         self.replica_wait_s = replica_wait_s
         self.failover = Failover(channels)
+        self.executor = Executor(NodeCosts(), inline_max_bytes)
 
     def run(self, gen: Generation, emit: Emit, deadline: float | None,
             is_cancelled: Callable[[], bool], depth: DepthTracker) -> Outcome:
@@ -88,7 +85,7 @@ class RequestFlow:
         replaced: list[ReplicaInfo] = []
         try:
             for attempt in range(1, self.failover.max_attempts + 1):
-                placed: list[Placement] = []
+                placed: list[NodeReplicas] = []
                 try:
                     outcome = self._attempt(gen, placed, calls, deadline, emit, is_cancelled,
                                             depth, started)
@@ -116,27 +113,28 @@ class RequestFlow:
             for attachment in gen.attachments:
                 attachment.close()
 
-    def _attempt(self, gen: Generation, placed: list[Placement], calls: NodeCalls,
+    def _attempt(self, gen: Generation, placed: list[NodeReplicas], calls: NodeCalls,
                  deadline: float | None, emit: Emit, is_cancelled: Callable[[], bool],
                  depth: DepthTracker, started: float) -> Outcome:
         """One run through the fleet; its placement is appended to ``placed`` (the caller
         releases it). Depth is held while placing: a node at zero replicas scales up."""
         denoise_nodes = [("denoiser", gen.model), *(n for a in gen.attachments for n in a.nodes())]
         with depth.holding(denoise_nodes):
-            with depth.holding([("text_encoder", gen.model)]):
-                place = self._place(gen, deadline)
-                placed.append(place)
+            with depth.holding(early_depth(gen)):
+                replicas = self._place(gen, deadline)
+                placed.append(replicas)
                 for attachment in gen.attachments:
                     attachment.start(calls)
-                encoded = self._encode(gen, place, calls, depth)
-            result = self._denoise(gen, place, encoded, calls, emit, is_cancelled)
-        with depth.holding([("vae", gen.model)]):
-            pixels = self._decode(gen, place, result, calls)
-        metadata = self._metadata(gen, place, result, started)
-        return Outcome(pixels, [images.to_png(p) for p in pixels], metadata)
+                inputs = self.executor.before_denoise(gen, replicas, calls, depth)
+            result = self._denoise(gen, replicas.place, inputs, calls, emit, is_cancelled)
+        outputs = self.executor.after_denoise(gen, replicas, result, calls, depth)
+        pixels = [image for _, images_of in outputs for image in images_of]
+        metadata = self._metadata(gen, replicas.place, result, started)
+        return Outcome(pixels, [images.to_png(p) for p in pixels], metadata,
+                       [name for name, images_of in outputs for _ in images_of])
 
-    def _used(self, gen: Generation, place: Placement) -> list[ReplicaInfo]:
-        return place.replicas() + [r for a in gen.attachments for r in a.replicas()]
+    def _used(self, gen: Generation, replicas: NodeReplicas) -> list[ReplicaInfo]:
+        return replicas.replicas() + [r for a in gen.attachments for r in a.replicas()]
 
     def _wait_limit(self, deadline: float | None) -> float:
         """How long placement may wait for a replica to come up (scale from zero)."""
@@ -145,20 +143,23 @@ class RequestFlow:
             limit = min(limit, deadline - time.monotonic())
         return max(0.0, limit)
 
-    def _place(self, gen: Generation, deadline: float | None) -> Placement:
-        """The denoiser by the cost model (or an attachment's choice), admission control, then
-        the other replicas near it."""
+    def _place(self, gen: Generation, deadline: float | None) -> NodeReplicas:
+        """The denoiser by the cost model (or an attachment's choice), admission control on
+        the whole graph's cost, then the other replicas near it."""
         wait_s = self._wait_limit(deadline)
         pixels = gen.width * gen.height * gen.num_images
         check_budget(pixels * gen.steps, self.placer.costs)
         chosen = self.placer.best_denoiser(
             gen.model, gen.steps, [n for a in gen.attachments for n in a.resident()],
             pixels * 4 * 2, wait_s, pixels=pixels)
-        if deadline is not None and chosen.total_ms / 1e3 > deadline - time.monotonic():
+        graph_ms = self.executor.costs.graph_ms(run_nodes(gen))
+        needed_s = (chosen.total_ms + graph_ms) / 1e3
+        if deadline is not None and needed_s > deadline - time.monotonic():
             raise ResourceExhausted(
                 f"cannot finish before the deadline: the best replica needs about "
-                f"{chosen.total_ms / 1e3:.1f} s ({chosen.wait_and_run_ms:.0f} ms queue and run, "
-                f"{chosen.load_ms:.0f} ms loading); retry later or allow more time")
+                f"{needed_s:.1f} s ({chosen.wait_and_run_ms:.0f} ms "
+                f"queue and run, {chosen.load_ms:.0f} ms loading, {graph_ms:.0f} ms for the "
+                "workflow's other nodes); retry later or allow more time")
         denoiser = chosen.replica
         live = functools.cache(lambda: self.fleet.replicas("denoiser") or [chosen.replica])
         for attachment in gen.attachments:
@@ -166,46 +167,19 @@ class RequestFlow:
         self.placer.assign(denoiser.replica_id)
         try:
             place = self.placer.place(gen.model, denoiser, wait_s)
+            replicas = NodeReplicas(place, gen.model, {
+                (role, model): self.placer.pick(role, model, denoiser.host_id, wait_s=wait_s)
+                for role, model in other_nodes(gen)})
             for attachment in gen.attachments:
                 attachment.place(self.placer, denoiser, wait_s)
         except BaseException:
             self.placer.unassign(denoiser.replica_id)
             raise
-        return place
+        return replicas
 
-    def _encode(self, gen: Generation, place: Placement, calls: NodeCalls,
-                depth: DepthTracker) -> Encoded:
-        """The prompts by the text encoder; the input images by the VAE (their moments);
-        each result exported for the denoiser that reads it."""
-        rid = gen.request_id
-        den_peer = peer_of(place.denoiser, self.inline_max_bytes)
-        te = text_encoder_pb2_grpc.TextEncoderStub(calls.channel(place.text_encoder))
-        inputs = [text_encoder_pb2.PromptInput(text=gen.prompt)]
-        if gen.do_cfg:
-            inputs.append(text_encoder_pb2.PromptInput(text=gen.negative_prompt,
-                                                       zeros=gen.zero_negative))
-        request = text_encoder_pb2.EncodeRequest(request_id=rid, model=gen.model, inputs=inputs,
-                                                 peer=den_peer)
-        for attachment in gen.attachments:
-            attachment.encode(request)
-        reply = calls.unary("text_encoder", te.Encode, request)
-        vae = vae_pb2_grpc.VaeStub(calls.channel(place.vae))
-        vae_peer = peer_of(place.vae, self.inline_max_bytes)
-
-        def moments(image: torch.Tensor | None) -> tensor_pb2.TensorRef | None:
-            if image is None:
-                return None
-            with depth.holding([("vae", gen.model)]):
-                encoded = calls.unary("vae", vae.Encode, vae_pb2.VaeEncodeRequest(
-                    request_id=rid, model=gen.model, peer=den_peer,
-                    image=self.exporter.export(image, vae_peer, request_id=rid)))
-            ref: tensor_pb2.TensorRef = encoded.moments
-            return ref
-        return Encoded(list(reply.prompts), moments(gen.init_image),
-                       moments(gen.masked_image))
-
-    def _denoise(self, gen: Generation, place: Placement, encoded: Encoded, calls: NodeCalls,
-                 emit: Emit, is_cancelled: Callable[[], bool]) -> denoiser_pb2.DenoiseResult:
+    def _denoise(self, gen: Generation, place: Placement, encoded: DenoiseInputs,
+                 calls: NodeCalls, emit: Emit, is_cancelled: Callable[[], bool]
+                 ) -> denoiser_pb2.DenoiseResult:
         rid = gen.request_id
         den_peer = peer_of(place.denoiser, self.inline_max_bytes)
         ctx = AttachContext(gen, calls, den_peer, place.vae)
@@ -218,7 +192,7 @@ class RequestFlow:
             masked_image_moments=encoded.masked_image_moments,
             mask=self.exporter.export(gen.mask, den_peer, request_id=rid)
             if gen.mask is not None else None,
-            scheduler=gen.scheduler, num_images=gen.num_images,
+            scheduler=gen.scheduler, num_images=gen.num_images, priority=gen.priority,
             peer=peer_of(place.vae, self.inline_max_bytes))
         for attachment in gen.attachments:
             attachment.attach(request.addons, ctx)
@@ -243,14 +217,6 @@ class RequestFlow:
             raise from_rpc_error(err, "denoiser") from err
         raise Cancelled("request cancelled", field="request_id")
 
-    def _decode(self, gen: Generation, place: Placement, result: denoiser_pb2.DenoiseResult,
-                calls: NodeCalls) -> list[np.ndarray]:
-        vae = vae_pb2_grpc.VaeStub(calls.channel(place.vae))
-        decoded = calls.unary("vae", vae.Decode, vae_pb2.VaeDecodeRequest(
-            request_id=gen.request_id, model=gen.model, latents=result.latents,
-            peer=local_peer()))
-        return images.to_pixel_list(self.importer.load(decoded.image))
-
     def _metadata(self, gen: Generation, place: Placement, result: denoiser_pb2.DenoiseResult,
                   started: float) -> dict[str, str]:
         metadata = {
@@ -259,18 +225,21 @@ class RequestFlow:
             "scheduler": gen.scheduler, "num_images": str(gen.num_images),
             "denoiser": place.denoiser.replica_id,
             "denoise_queue_ms": f"{result.queue_ms:.1f}", "denoise_run_ms": f"{result.run_ms:.1f}",
-            "denoise_batch_peak": str(result.batch_peak),
+            "denoise_batch_peak": str(result.batch_peak), "priority": str(gen.priority),
             "total_ms": f"{(time.monotonic() - started) * 1e3:.1f}"}
+        if gen.plan is not None:
+            metadata["workflow_id"] = gen.plan.workflow_id
+            metadata["workflow_name"] = gen.plan.registered.workflow.name
         reported = {**result.metadata, **metadata}
         for attachment in gen.attachments:
             metadata.update(attachment.report(reported))
         return metadata
 
-    def _release(self, gen: Generation, place: Placement) -> None:
+    def _release(self, gen: Generation, replicas: NodeReplicas) -> None:
         """No lease outlives its request: every producer frees what is left of it."""
-        self.placer.unassign(place.denoiser.replica_id)
+        self.placer.unassign(replicas.place.denoiser.replica_id)
         self.exporter.release_request(gen.request_id)
-        self.release_leases(gen.request_id, self._used(gen, place))
+        self.release_leases(gen.request_id, self._used(gen, replicas))
 
     def release_leases(self, request_id: str, replicas: list[ReplicaInfo]) -> None:
         for replica in {r.address: r for r in replicas}.values():

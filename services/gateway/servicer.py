@@ -32,10 +32,12 @@ from services.gateway.request_flow import Outcome, RequestFlow
 from services.gateway.request_log import RequestLog
 from services.gateway.settings import GatewaySettings
 from services.gateway.template_registration import TemplateRegistrar
-from services.gateway.validation import validate
+from services.gateway.workflow_rpcs import WorkflowRpcs
+from services.gateway.workflows.service import Workflows
 
 log = logging.getLogger("dfleet.gateway")
 POLL_S = 0.25
+LOW_PRIORITY_SHARE = 0.5   # requests below priority 0 may fill this share of max_inflight
 _DONE = object()
 
 
@@ -68,11 +70,13 @@ class ProgressWrites:
         return True
 
 
-class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+class GatewayServicer(WorkflowRpcs, gateway_pb2_grpc.GatewayServicer):
     def __init__(self, settings: GatewaySettings, store: ModelStore, requests: RequestLog,
                  flow: RequestFlow, attachments: AttachmentKinds, runtime: ServiceRuntime,
-                 registrar: TemplateRegistrar | None = None) -> None:
+                 registrar: TemplateRegistrar | None = None,
+                 workflows: Workflows | None = None) -> None:
         self.settings = settings
+        self.workflows = workflows
         self.registrar = registrar
         self.store = store
         self.requests = requests
@@ -91,7 +95,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                  context: grpc.ServicerContext) -> Iterator[gateway_pb2.GenerateEvent]:
         request = self._expanded(request)
         flow = self._validate(request)
-        cancel = self._admit(flow.request_id)
+        cancel = self._admit(flow.request_id, flow.priority)
         events: queue.Queue[object] = queue.Queue()
         try:
             recorded = gateway_pb2.GenerateRequest()
@@ -122,12 +126,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 raise item
             yield item  # type: ignore[misc]
 
-    def _admit(self, request_id: str) -> threading.Event:
+    def _admit(self, request_id: str, priority: int = 0) -> threading.Event:
+        """Room for one more request; below priority 0 only within LOW_PRIORITY_SHARE of the
+        gateway, so a backlog of background work leaves room for the rest."""
+        limit = self.settings.max_inflight
+        if priority < 0:
+            limit = max(1, int(limit * LOW_PRIORITY_SHARE))
         with self._lock:
-            if len(self._cancel) >= self.settings.max_inflight:
+            if len(self._cancel) >= limit:
                 raise ResourceExhausted(
-                    f"{len(self._cancel)} requests in flight, the limit is "
-                    f"{self.settings.max_inflight}; retry later")
+                    f"{len(self._cancel)} requests in flight, the limit is {limit}"
+                    f"{' for priority below 0' if priority < 0 else ''}; retry later")
             if request_id in self._cancel:
                 raise AlreadyExists(f"request {request_id!r} is already running",
                                     field="request_id")
@@ -140,7 +149,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             self._cancel.pop(request_id, None)
 
     def _validate(self, request: gateway_pb2.GenerateRequest) -> Generation:
-        return validate(request, self.store, self.settings, self.attachments)
+        if self.workflows is None:
+            raise FailedPrecondition("this gateway serves no workflows", field="workflow_id")
+        return self.workflows.generation(request)
 
     def _execute(self, flow: Generation, stream: str, entry: str, emit: Callable[[object], None],
                  deadline: float | None, cancel: threading.Event) -> None:
@@ -193,7 +204,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         images = []
         for i, (png, pixels) in enumerate(zip(outcome.pngs, outcome.pixels, strict=True)):
             image = gateway_pb2.GeneratedImage(image=gateway_pb2.ImageInput(data=png),
-                                               seed=flow.seed + i)
+                                               seed=flow.seed + i % flow.num_images,
+                                               output=outcome.outputs[i])
             if flow.return_pixels:
                 image.pixels.CopyFrom(tensor_pb2.TensorRef(
                     dtype=tensor_pb2.DTYPE_FLOAT32, shape=list(pixels.shape),
@@ -268,7 +280,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         """Runs an orphaned request (its gateway died) to a terminal state, for GetRequest."""
         try:
             flow = self._validate(request)
-            cancel = self._admit(flow.request_id)
+            cancel = self._admit(flow.request_id, flow.priority)
         except FleetError as exc:
             self.requests.finish(request.request_id, entry, stream,
                                  gateway_pb2.REQUEST_STATE_FAILED, error=error_info(exc))
