@@ -31,6 +31,16 @@ from dfleet.inputs import (
     IpAdapter,
     Lora,
 )
+from dfleet.workflow import (
+    Input,
+    Output,
+    Workflow,
+    WorkflowControlNet,
+    WorkflowIpAdapter,
+    WorkflowLora,
+    load_spec,
+)
+from dfleet.workflow_calls import ImportedWorkflow, WorkflowInfo, WorkflowInput
 
 __all__ = [
     "SCHEDULERS",
@@ -40,4 +50,6 @@ __all__ = [
     "Lora", "ModelInfo",
     "NotFound", "Progress", "Queued", "RequestState", "RequestStatus", "ResourceExhausted",
     "Result", "Template", "Unavailable",
+    "ImportedWorkflow", "Input", "Output", "Workflow", "WorkflowControlNet", "WorkflowInfo",
+    "WorkflowInput", "WorkflowIpAdapter", "WorkflowLora", "load_spec",
 ]

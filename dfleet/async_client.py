@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Self, Unpack
@@ -28,7 +29,17 @@ from dfleet.events import (
 )
 from dfleet.inputs import GenerateParams, ImageLike, build_request, build_template_request
 from dfleet.tracing import aio_interceptors
-from diffusion.v1 import gateway_pb2, gateway_pb2_grpc
+from dfleet.workflow_calls import (
+    ImportedWorkflow,
+    SpecLike,
+    WorkflowInfo,
+    import_request,
+    imported,
+    info_from_get,
+    info_from_summary,
+    register_request,
+)
+from diffusion.v1 import gateway_pb2, gateway_pb2_grpc, workflow_pb2
 
 
 class AsyncClient:
@@ -93,6 +104,28 @@ class AsyncClient:
                                          guidance_scale)
         response = await self._unary(self._stub.RegisterTemplate, request, timeout)
         return Template(response.template_id, response.cache_bytes)
+
+    async def register_workflow(self, spec: SpecLike, timeout: float | None = None) -> str:
+        response = await self._unary(self._stub.RegisterWorkflow, register_request(spec),
+                                     timeout)
+        return str(response.workflow_id)
+
+    async def workflows(self, timeout: float | None = None) -> list[WorkflowInfo]:
+        response = await self._unary(self._stub.ListWorkflows,
+                                     workflow_pb2.ListWorkflowsRequest(), timeout)
+        return [info_from_summary(s) for s in response.workflows]
+
+    async def get_workflow(self, workflow_id: str, timeout: float | None = None) -> WorkflowInfo:
+        response = await self._unary(self._stub.GetWorkflow, workflow_pb2.GetWorkflowRequest(
+            workflow_id=workflow_id), timeout)
+        return info_from_get(response)
+
+    async def import_workflow(self, file: str | os.PathLike[str] | None = None, *,
+                              content: str = "", name: str = "", register: bool = True,
+                              timeout: float | None = None) -> ImportedWorkflow:
+        response = await self._unary(self._stub.ImportWorkflow,
+                                     import_request(file, content, name, register), timeout)
+        return imported(response)
 
     async def _unary(self, method, request, timeout: float | None):  # type: ignore[no-untyped-def]
         try:

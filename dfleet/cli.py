@@ -7,6 +7,8 @@
     dfleet generate "a prompt" -o out.png [--controlnet NAME:IMAGE:SCALE] [--lora NAME:SCALE]
                                           [--image X --mask M --strength S]
     dfleet register-template MODEL IMAGE [--prompt P --seed S --steps N --guidance-scale G]
+    dfleet workflow import FILE.json   a ComfyUI API-format workflow, registered (also
+                                       register / list / show / run)
     dfleet status / dfleet down
     dfleet controller --config FILE    the autoscaling controller
 """
@@ -231,6 +233,7 @@ def cmd_controller(argv: list[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from dfleet.generate_cmd import add_generate_parser, add_register_template_parser
+    from dfleet.workflow_cmd import add_workflow_parser
 
     parser = argparse.ArgumentParser(prog="dfleet", description=__doc__,
                                      formatter_class=HelpFormatter)
@@ -275,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     add_generate_parser(sub, DEFAULT_STATE_DIR, HelpFormatter)
     add_register_template_parser(sub, DEFAULT_STATE_DIR, HelpFormatter)
+    add_workflow_parser(sub, DEFAULT_STATE_DIR, HelpFormatter)
     sub.add_parser("controller", help="run the autoscaling controller (see --help after it)",
                    add_help=False)
     return parser

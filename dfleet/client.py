@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Self, Unpack
@@ -27,7 +28,17 @@ from dfleet.events import (
 )
 from dfleet.inputs import GenerateParams, ImageLike, build_request, build_template_request
 from dfleet.tracing import traced_channel
-from diffusion.v1 import gateway_pb2, gateway_pb2_grpc
+from dfleet.workflow_calls import (
+    ImportedWorkflow,
+    SpecLike,
+    WorkflowInfo,
+    import_request,
+    imported,
+    info_from_get,
+    info_from_summary,
+    register_request,
+)
+from diffusion.v1 import gateway_pb2, gateway_pb2_grpc, workflow_pb2
 
 
 class Client:
@@ -98,6 +109,29 @@ class Client:
                                          guidance_scale)
         response = self._unary(self._stub.RegisterTemplate, request, timeout)
         return Template(response.template_id, response.cache_bytes)
+
+    def register_workflow(self, spec: SpecLike, timeout: float | None = None) -> str:
+        """Registers a workflow (a :class:`dfleet.Workflow` or a spec); returns its id."""
+        response = self._unary(self._stub.RegisterWorkflow, register_request(spec), timeout)
+        return str(response.workflow_id)
+
+    def workflows(self, timeout: float | None = None) -> list[WorkflowInfo]:
+        response = self._unary(self._stub.ListWorkflows, workflow_pb2.ListWorkflowsRequest(),
+                               timeout)
+        return [info_from_summary(s) for s in response.workflows]
+
+    def get_workflow(self, workflow_id: str, timeout: float | None = None) -> WorkflowInfo:
+        response = self._unary(self._stub.GetWorkflow, workflow_pb2.GetWorkflowRequest(
+            workflow_id=workflow_id), timeout)
+        return info_from_get(response)
+
+    def import_workflow(self, file: str | os.PathLike[str] | None = None, *, content: str = "",
+                        name: str = "", register: bool = True,
+                        timeout: float | None = None) -> ImportedWorkflow:
+        """Converts a ComfyUI API-format workflow (a file, or its text) and registers it."""
+        response = self._unary(self._stub.ImportWorkflow,
+                               import_request(file, content, name, register), timeout)
+        return imported(response)
 
     def _unary(self, method, request, timeout: float | None):  # type: ignore[no-untyped-def]
         try:

@@ -79,6 +79,7 @@ class GeneratedImage:
     png: bytes
     seed: int
     pixels: np.ndarray | None = None
+    output: str = "image"      # the workflow output it is
 
     @cached_property
     def image(self) -> Image.Image:
@@ -108,7 +109,8 @@ Event = Queued | Progress | Result
 def result_from_proto(request_id: str, result: gateway_pb2.GenerateResult) -> Result:
     pixels = decode_tensor(result.pixels) if result.HasField("pixels") else None
     images = tuple(GeneratedImage(i.image.data, i.seed,
-                                  decode_tensor(i.pixels) if i.HasField("pixels") else None)
+                                  decode_tensor(i.pixels) if i.HasField("pixels") else None,
+                                  i.output or "image")
                    for i in result.images)
     return Result(request_id=request_id, png=result.image.data, pixels=pixels,
                   metadata=dict(result.metadata), latency_ms=result.latency_ms, images=images)

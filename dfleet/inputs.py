@@ -87,6 +87,10 @@ class GenerateParams(TypedDict, total=False):
     approximations: Approximations | None
     scheduler: str
     num_images: int
+    workflow: str                  # a registered workflow's id (or a built-in's name)
+    inputs: dict[str, object]      # its inputs: str text, int, float, or an image (PIL image,
+                                   # numpy array, encoded bytes, pathlib.Path)
+    priority: int                  # -10..10; higher runs first where requests queue
 
 
 def encode_image(image: ImageLike) -> bytes:
@@ -116,11 +120,13 @@ def build_request(prompt: str, params: GenerateParams) -> gateway_pb2.GenerateRe
     """The ``GenerateRequest`` for ``prompt`` and ``params``.
 
     A missing seed is drawn at random, except for a template edit, where 0 asks for the
-    template's own seed (the one its cached activations were recorded with).
+    template's own seed (the one its cached activations were recorded with), and for a
+    workflow, whose seed is one of its inputs.
     """
     seed = params.get("seed")
     if seed is None:
-        seed = 0 if params.get("template_id") else secrets.randbelow(2**32)
+        seed = 0 if params.get("template_id") or params.get("workflow") \
+            else secrets.randbelow(2**32)
     request = gateway_pb2.GenerateRequest(
         request_id=params.get("request_id", ""),
         model=params.get("model", ""),
@@ -136,6 +142,11 @@ def build_request(prompt: str, params: GenerateParams) -> gateway_pb2.GenerateRe
         template_id=params.get("template_id", ""),
         scheduler=params.get("scheduler", ""),
     )
+    request.priority = params.get("priority", 0)
+    if params.get("workflow"):
+        from dfleet.workflow_calls import add_workflow_fields
+
+        add_workflow_fields(request, params["workflow"], params.get("inputs"))
     num_images = params.get("num_images")
     if num_images is not None:
         request.num_images = num_images

@@ -9,6 +9,8 @@ from diffusion.v1 import workflow_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.gateway.workflows.service import Workflows
 
+MAX_IMPORT_CHARS = 4 << 20
+
 
 class WorkflowRpcs:
     workflows: Workflows | None
@@ -33,6 +35,17 @@ class WorkflowRpcs:
                 workflow_id=r.workflow_id, name=r.spec.name, description=r.spec.description,
                 builtin=r.builtin, inputs=r.spec.inputs)
             for r in self._workflows().registry.all()])
+
+    def ImportWorkflow(self, request: workflow_pb2.ImportWorkflowRequest,
+                       context: grpc.ServicerContext) -> workflow_pb2.ImportWorkflowResponse:
+        if request.format != workflow_pb2.WORKFLOW_FORMAT_COMFYUI_API:
+            raise InvalidArgument("the fleet imports WORKFLOW_FORMAT_COMFYUI_API", field="format")
+        if len(request.content) > MAX_IMPORT_CHARS:
+            raise InvalidArgument(f"over {MAX_IMPORT_CHARS} characters", field="content")
+        spec, workflow_id, notes = self._workflows().import_comfyui(
+            request.content, request.name, request.register)
+        return workflow_pb2.ImportWorkflowResponse(spec=spec, workflow_id=workflow_id,
+                                                   notes=notes)
 
     def GetWorkflow(self, request: workflow_pb2.GetWorkflowRequest,
                     context: grpc.ServicerContext) -> workflow_pb2.GetWorkflowResponse:

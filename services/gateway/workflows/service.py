@@ -13,8 +13,10 @@ from services.gateway.attachments import AttachmentKinds
 from services.gateway.generation import Generation
 from services.gateway.settings import GatewaySettings
 from services.gateway.validation import REQUEST_ID, validate
-from services.gateway.workflows import builtins
+from services.gateway.workflows import builtins, comfyui
 from services.gateway.workflows.binding import bind
+from services.gateway.workflows.checks import check
+from services.gateway.workflows.parse import parse
 from services.gateway.workflows.plan import PreparedImage, builtin_plan
 from services.gateway.workflows.registry import Registered, WorkflowRegistry
 from services.gateway.workflows.spec import to_proto
@@ -82,3 +84,14 @@ class Workflows:
 
     def register(self, spec: workflow_pb2.WorkflowSpec) -> Registered:
         return self.registry.register(spec)
+
+    def import_comfyui(self, content: str, name: str, register: bool
+                       ) -> tuple[workflow_pb2.WorkflowSpec, str, list[str]]:
+        """A ComfyUI API-format file as a spec (checked as registration checks it), its id
+        when registered, and the notes on what it means here."""
+        workflow, notes = comfyui.convert(content, self.store, name)
+        spec = to_proto(workflow)
+        if register:
+            return spec, self.registry.register(spec).workflow_id, notes
+        check(parse(spec), self.store)
+        return spec, "", notes
