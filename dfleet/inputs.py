@@ -48,10 +48,13 @@ class IpAdapter:
 
 @dataclass(frozen=True)
 class Lora:
-    """One LoRA of a request; the fleet reads a scale of 0 as 1.0."""
+    """One LoRA of a request: ``scale`` on the denoiser (read as 1.0 when 0, unless
+    ``text_encoder_scale`` is given), ``text_encoder_scale`` on the text encoders (None: the
+    same as ``scale``)."""
 
     name: str
     scale: float = 1.0
+    text_encoder_scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,8 @@ def build_request(prompt: str, params: GenerateParams) -> gateway_pb2.GenerateRe
             name=cn.name, image=_image_input(cn.image), scale=cn.scale,
             guidance_start=cn.guidance_start, guidance_end=cn.guidance_end))
     for lora in params.get("loras", ()):
-        request.loras.append(gateway_pb2.LoraInput(name=lora.name, scale=lora.scale))
+        request.loras.append(gateway_pb2.LoraInput(name=lora.name, scale=lora.scale,
+                                                   text_encoder_scale=lora.text_encoder_scale))
     for adapter in params.get("ip_adapters", ()):
         request.ip_adapters.append(gateway_pb2.IpAdapterInput(
             name=adapter.name, image=_image_input(adapter.image), scale=adapter.scale))

@@ -52,7 +52,7 @@ def controlled_reference(models: Path, prompt: str, seed: int, steps: int, lora:
         pipe.set_ip_adapter_scale(0.6)
         extra["ip_adapter_image"] = FACE
     if lora:
-        pipe.load_lora_weights(str(models / "loras" / "tiny-lora-r4.safetensors"),
+        pipe.load_lora_weights(str(models / "loras" / "tiny-lora-kohya.safetensors"),
                                adapter_name="r4")
         pipe.set_adapters(["r4"], [{"unet": 0.8, "text_encoder": 0.3}])
     with torch.no_grad():
@@ -78,6 +78,15 @@ def test_a_workflow_no_request_kind_covers_equals_diffusers(fleet: Any,
     expected = controlled_reference(tiny_models, "a house by a lake", 5, 12)
     assert result.pixels is not None
     assert np.abs(result.pixels - expected).max() <= TOLERANCE, result.metadata
+    same_strengths = controlled("one-strength").spec()
+    next(n for n in same_strengths.nodes if n.id == "denoise").loras[0].ClearField(
+        "text_encoder_scale")
+    with dfleet.Client(fleet.gateway_address, timeout=180) as client:
+        other = client.generate(workflow=client.register_workflow(same_strengths),
+                                return_pixels=True, inputs={
+                                    "prompt": "a house by a lake", "edges": EDGES,
+                                    "depth": DEPTH, "face": FACE, "seed": 5, "steps": 12})
+    assert np.abs(other.pixels - result.pixels).max() > 1e-3   # the text-encoder strength tells
 
 
 def test_two_workflows_on_one_model_share_a_batch_and_stay_exact(fleet: Any,

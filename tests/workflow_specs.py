@@ -29,8 +29,8 @@ def _denoise(wf: Workflow, model: str, positive: Output, negative: Output, laten
 
 def controlled(name: str = "two-cn-ip-lora", lora: bool = True, ip_adapter: bool = True
                ) -> Workflow:
-    """Two ControlNets with their own step windows, an IP-Adapter and a LoRA with separate
-    denoiser and text-encoder strengths: no request kind has the windows."""
+    """Two ControlNets with their own step windows, an IP-Adapter and a LoRA (UNet and
+    text-encoder layers) with separate denoiser and text-encoder strengths."""
     wf = Workflow(name)
     positive = wf.text_encode("tiny-sd", wf.input("prompt", "text"), id="positive")
     negative = wf.text_encode("tiny-sd", "", mode="negative", id="negative")
@@ -44,7 +44,7 @@ def controlled(name: str = "two-cn-ip-lora", lora: bool = True, ip_adapter: bool
         embeds = wf.image_encode("tiny-ip-adapter", wf.input("face", "image"), id="face")
         adapters["ip_adapters"] = [dfleet.WorkflowIpAdapter("tiny-ip-adapter", embeds, 0.6)]
     if lora:
-        adapters["loras"] = [dfleet.WorkflowLora("tiny-lora-r4", scale=0.8,
+        adapters["loras"] = [dfleet.WorkflowLora("tiny-lora-kohya", scale=0.8,
                                                  text_encoder_scale=0.3)]
     latents = _denoise(wf, "tiny-sd", positive, negative, latent, **adapters)
     wf.output("image", wf.vae_decode("tiny-sd", latents, id="decode"))

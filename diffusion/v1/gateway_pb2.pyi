@@ -55,12 +55,14 @@ class IpAdapterInput(_message.Message):
     def __init__(self, name: _Optional[str] = ..., image: _Optional[_Union[ImageInput, _Mapping]] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class LoraInput(_message.Message):
-    __slots__ = ("name", "scale")
+    __slots__ = ("name", "scale", "text_encoder_scale")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_ENCODER_SCALE_FIELD_NUMBER: _ClassVar[int]
     name: str
     scale: float
-    def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ...) -> None: ...
+    text_encoder_scale: float
+    def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ..., text_encoder_scale: _Optional[float] = ...) -> None: ...
 
 class Approximations(_message.Message):
     __slots__ = ("lora_async_steps", "stale_controlnet", "activation_cache", "cfg_parallel")

@@ -30,8 +30,13 @@ PREPARE_TIMEOUT_S = 60.0
 @dataclass(frozen=True)
 class LoraPlan:
     name: str
-    scale: float
+    scale: float                    # on the denoiser (0: not there)
     text_encoder: bool = False      # has text-encoder layers (merged by the text encoder)
+    text_encoder_scale: float | None = None   # None: scale
+
+    @property
+    def encoder_scale(self) -> float:
+        return self.scale if self.text_encoder_scale is None else self.text_encoder_scale
 
 
 class LoraAttachment(Attachment):
@@ -46,7 +51,7 @@ class LoraAttachment(Attachment):
         self._prepare: object = None   # held: gRPC cancels a future call once it is collected
 
     def resident(self) -> list[str]:
-        return [lo.name for lo in self.loras]
+        return [lo.name for lo in self.loras if lo.scale]
 
     def place(self, placer: object, denoiser: ReplicaInfo, wait_s: float) -> None:
         self.cache = placer.pick("lora_cache", "", denoiser.host_id,  # type: ignore[attr-defined]
@@ -66,17 +71,21 @@ class LoraAttachment(Attachment):
 
     def encode(self, request: text_encoder_pb2.EncodeRequest) -> None:
         """The text-encoder layers merge with the LoRA's own scale, as the reference
-        pipelines' ``set_adapters`` scales a LoRA's every component by default."""
+        pipelines' ``set_adapters`` scales a LoRA's every component by default, or with its
+        text-encoder scale when the request gives one."""
         assert self.cache is not None
         request.loras.extend(text_encoder_pb2.TextEncoderLora(
-            name=lo.name, scale=lo.scale, address=self.cache.address)
-            for lo in self.loras if lo.text_encoder)
+            name=lo.name, scale=lo.encoder_scale, address=self.cache.address)
+            for lo in self.loras if lo.text_encoder and lo.encoder_scale)
 
     def attach(self, addons: denoiser_pb2.Addons, ctx: AttachContext) -> None:
         assert self.cache is not None
-        addons.lora.CopyFrom(denoiser_pb2.LoraPatch(async_steps=self.async_steps, loras=[
-            denoiser_pb2.LoraAttachment(name=lo.name, scale=lo.scale, address=self.cache.address)
-            for lo in self.loras]))
+        patch = [denoiser_pb2.LoraAttachment(name=lo.name, scale=lo.scale,
+                                             address=self.cache.address)
+                 for lo in self.loras if lo.scale]
+        if patch:
+            addons.lora.CopyFrom(denoiser_pb2.LoraPatch(async_steps=self.async_steps,
+                                                        loras=patch))
 
     def report(self, metadata: Mapping[str, str]) -> dict[str, str]:
         return {"lora_joined_step": metadata.get("lora_joined_step", "0")}
@@ -98,9 +107,13 @@ class LoraKind:
             if any(p.name == lora.name for p in plans):
                 raise InvalidArgument(f"LoRA {lora.name!r} is listed twice",
                                       field=f"loras[{i}].name")
-            scale = lora.scale or 1.0
+            encoder_scale = (lora.text_encoder_scale if lora.HasField("text_encoder_scale")
+                             else None)
+            scale = lora.scale if encoder_scale is not None else lora.scale or 1.0
             in_range(scale, -4.0, 4.0, f"loras[{i}].scale")
-            plans.append(LoraPlan(lora.name, scale, fit.text_encoder_layers))
+            if encoder_scale is not None:
+                in_range(encoder_scale, -4.0, 4.0, f"loras[{i}].text_encoder_scale")
+            plans.append(LoraPlan(lora.name, scale, fit.text_encoder_layers, encoder_scale))
         return LoraAttachment(plans, async_steps) if plans else None
 
 

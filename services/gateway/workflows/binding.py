@@ -278,10 +278,8 @@ def _attachments(values: Values, denoise: Node, gen: Generation, store: ModelSto
         renamed[f"ip_adapters[{i}].image"] = image.field
         renamed[f"ip_adapters[{i}]"] = f"{node_at}.ip_adapters[{i}]"
     for i, lo in enumerate(denoise.loras):
-        if lo.scale == 0:
-            continue   # on the text encoders only
-        renamed[f"loras[{len(asked.loras)}]"] = f"{node_at}.loras[{i}]"
-        asked.loras.add(name=lo.name, scale=lo.scale)
+        renamed[f"loras[{i}]"] = f"{node_at}.loras[{i}]"
+        asked.loras.add(name=lo.name, scale=lo.scale, text_encoder_scale=lo.encoder_scale)
     renamed.update({"controlnets": f"{node_at}.controlnets", "loras": f"{node_at}.loras",
                     "ip_adapters": f"{node_at}.ip_adapters"})
     try:

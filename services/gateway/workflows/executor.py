@@ -194,9 +194,12 @@ class Executor:
         texts = [_plan(gen).texts[n.id] for n in batch]
         stub = text_encoder_pb2_grpc.TextEncoderStub(
             calls.channel(replicas.get("text_encoder", model)))
-        reply = calls.unary("text_encoder", stub.Encode, text_encoder_pb2.EncodeRequest(
+        request = text_encoder_pb2.EncodeRequest(
             request_id=gen.request_id, model=model, peer=self._peer(replicas.place.denoiser),
-            inputs=[text_encoder_pb2.PromptInput(text=t.text, zeros=t.zeros) for t in texts]))
+            inputs=[text_encoder_pb2.PromptInput(text=t.text, zeros=t.zeros) for t in texts])
+        for attachment in gen.attachments:
+            attachment.encode(request)     # the LoRAs' text-encoder layers
+        reply = calls.unary("text_encoder", stub.Encode, request)
         return {(n.id, "conditioning"): c for n, c in zip(batch, reply.prompts, strict=True)}
 
     def _vae_encode(self, batch: list[Node], gen: Generation, replicas: NodeReplicas,
