@@ -6,7 +6,8 @@ after the prompt are the learned prefill embeddings, the hidden state before eac
 position through the vision head; the adapter's Linear, LayerNorm, ReLU, Linear, LayerNorm).
 A registered workflow whose denoise node reads the adapter's output in place of the prompt
 embeddings returns an image of the requested size through real processes, equal to a
-diffusers pipeline given those embeddings (max |difference| <= 1e-5).
+diffusers pipeline given those embeddings (max |difference| <= 1e-5); so does the built-in
+``ar_t2i``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from safetensors.torch import load_file
 
 import dfleet
 from dfleet.events import decode_tensor
-from diffusion.v1 import ar_embed_pb2, ar_embed_pb2_grpc, tensor_pb2
+from diffusion.v1 import ar_embed_pb2, ar_embed_pb2_grpc, tensor_pb2, workflow_pb2
 from tests.diffusers_reference import LOAD
 
 TOLERANCE = 1e-5
@@ -131,3 +132,19 @@ def test_an_ar_workflow_renders_through_real_processes(fleet: Any, tiny_models: 
                         output_type="np").images[0]
     assert result.pixels is not None
     assert np.abs(result.pixels - expected).max() <= TOLERANCE
+
+
+def test_the_builtin_ar_t2i_returns_the_requested_size(fleet: Any) -> None:
+    """The built-in (registered by the gateway for the AR model, the adapter that fits it and
+    a decoder of the adapter's width) through real processes; its graph is the one above."""
+    with dfleet.Client(fleet.gateway_address, timeout=180) as client:
+        shown = client.get_workflow("ar_t2i")
+        result = client.generate(workflow="ar_t2i", return_pixels=True, inputs={
+            "prompt": "a lighthouse", "width": 96, "height": 64, "seed": 9, "steps": 6})
+    assert shown.builtin
+    operators = {n.id: n.operator for n in shown.spec.nodes}
+    assert operators["ar"] == workflow_pb2.OPERATOR_AR_EMBED
+    assert operators["adapt"] == workflow_pb2.OPERATOR_EMBED_ADAPTER
+    assert result.image.size == (96, 64)
+    assert result.pixels is not None and result.pixels.shape == (64, 96, 3)
+    assert result.metadata["workflow_id"] == shown.workflow_id

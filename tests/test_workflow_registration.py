@@ -43,7 +43,7 @@ def test_builtins_register_with_stable_ids(registry: WorkflowRegistry) -> None:
     made = builtins.builtin_workflows(registry.store, 7.5)
     names = {w.name for w in made}
     assert {"txt2img.tiny-sd", "img2img.tiny-sd", "inpaint.tiny-sd-inpainting",
-            "txt2img.tiny-sdxl"} <= names
+            "txt2img.tiny-sdxl", "ar_t2i"} <= names
     ids = [registry.register(to_proto(w), builtin=True).workflow_id for w in made]
     again = [registry.register(to_proto(w), builtin=True).workflow_id for w in made]
     assert ids == again and len(set(ids)) == len(ids)

@@ -3,10 +3,12 @@
 A plain Generate request (no ``workflow_id``) runs as one of them: ``txt2img.MODEL``,
 ``img2img.MODEL`` or ``inpaint.MODEL`` by whether it gives an image and a mask; its add-ons
 (ControlNets, LoRAs, IP-Adapters, a template edit, CFG parallelism, previews) attach to the
-denoise node as they always did. ``ar_t2i`` (when the models folder has an AR model, an
-embedding adapter that fits it and a Flux-family model) renders an AR model's image
-embeddings: the adapter's output replaces the prompt embeddings of the Flux denoiser, whose
-pooled embeddings come from an empty prompt.
+denoise node as they always did. ``ar_t2i`` (when the models folder has an AR model and an
+embedding adapter that fits it and a base model) renders an AR model's image embeddings: the
+adapter's output replaces the prompt embeddings of the denoiser, whose pooled embeddings (where
+its family has them) come from an empty prompt. A Flux-family decoder is preferred; without one,
+a base model of another family whose text width fits the adapter decodes, without guidance by
+default (the graph has no negative prompt).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from services.common.ar_models import adapter_widths, ar_width
 from services.common.model_store import ModelStore
 from services.gateway.workflows.compatibility import prompt_width
 from services.gateway.workflows.spec import (
+    Binding,
     Const,
     FromInput,
     FromNode,
@@ -82,15 +85,21 @@ def request_kind(kind: str, model: str, guidance: float) -> Workflow:
                     inputs, f"{kind} on {model} (the plain request kind)")
 
 
-def ar_t2i(ar_model: str, adapter: str, decoder: str, guidance: float) -> Workflow:
+def ar_t2i(ar_model: str, adapter: str, decoder: str, guidance: float,
+           pooled: bool = True) -> Workflow:
+    """``pooled``: the decoder's family takes pooled text embeddings (from an empty prompt)."""
     inputs = tuple(d for d in _common_inputs(guidance)
                    if d.name not in ("negative_prompt", "scheduler"))
+    adapt_inputs: dict[str, Binding] = {"embeddings": FromNode("ar", "embeddings")}
+    empty_prompt: tuple[Node, ...] = ()
+    if pooled:
+        adapt_inputs["pooled"] = FromNode("pooled", "conditioning")
+        empty_prompt = (Node("pooled", Operator.TEXT_ENCODE, decoder, "prompt",
+                             {"text": Const("")}),)
     nodes = (
         Node("ar", Operator.AR_EMBED, ar_model, inputs={"prompt": FromInput("prompt")}),
-        Node("pooled", Operator.TEXT_ENCODE, decoder, "prompt", {"text": Const("")}),
-        Node("adapt", Operator.EMBED_ADAPTER, adapter,
-             inputs={"embeddings": FromNode("ar", "embeddings"),
-                     "pooled": FromNode("pooled", "conditioning")}),
+        *empty_prompt,
+        Node("adapt", Operator.EMBED_ADAPTER, adapter, inputs=adapt_inputs),
         Node("latent", Operator.LATENT_INIT,
              inputs={"width": FromInput("width"), "height": FromInput("height")}),
         Node("denoise", Operator.DENOISE, decoder, inputs={
@@ -104,13 +113,14 @@ def ar_t2i(ar_model: str, adapter: str, decoder: str, guidance: float) -> Workfl
 
 
 def ar_combination(store: ModelStore) -> tuple[str, str, str] | None:
-    """The first (AR model, adapter, Flux model) whose widths fit, or None."""
-    decoders = sorted(e.name for e in store.entries("base") if e.family == "flux")
+    """The first (AR model, adapter, base model) whose widths fit, Flux models first, or
+    None."""
+    decoders = sorted((e.family != "flux", e.name) for e in store.entries("base"))
     for ar in sorted(e.name for e in store.entries("ar_embed")):
         width = ar_width(store.get(ar, ("ar_embed",)).path)
         for adapter in sorted(e.name for e in store.entries("embed_adapter")):
             width_in, width_out = adapter_widths(store.get(adapter, ("embed_adapter",)).path)
-            for decoder in decoders:
+            for _, decoder in decoders:
                 if width_in == width and width_out == prompt_width(store, decoder):
                     return ar, adapter, decoder
     return None
@@ -126,7 +136,9 @@ def builtin_workflows(store: ModelStore, guidance: float) -> list[Workflow]:
             found.append(request_kind("inpaint", entry.name, guidance))
     combination = ar_combination(store)
     if combination is not None:
-        found.append(ar_t2i(*combination, guidance))
+        pooled = len(store.family(combination[2]).text_components) > 1
+        flux = store.family(combination[2]).name == "flux"
+        found.append(ar_t2i(*combination, guidance if flux else 1.0, pooled))
     return found
 
 
