@@ -75,8 +75,12 @@ def test_import_reports_notes_and_the_cli_imports(fleet: Any) -> None:
     source["3"]["inputs"]["positive"], source["3"]["inputs"]["negative"] = ["13", 0], ["7", 0]
     with dfleet.Client(fleet.gateway_address, timeout=60) as client:
         imported = client.import_workflow(content=json.dumps(source), name="cn", register=False)
+        with pytest.raises(dfleet.InvalidArgument) as refused:    # over gRPC, the same rules
+            client.import_workflow(content=_edit(_set("3", "sampler_name", "heun")))
     assert not imported.workflow_id
     assert any("node 13 (ControlNetApply)" in n and "negative" in n for n in imported.notes)
+    assert "node 3 (KSampler)" in str(refused.value)
+    assert refused.value.field == "content.3.inputs.sampler_name"
     done = subprocess.run([sys.executable, "-m", "dfleet", "workflow", "import",
                            str(DATA / "txt2img.json"), "--gateway", fleet.gateway_address],
                           capture_output=True, text=True, timeout=120)
