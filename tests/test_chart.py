@@ -172,6 +172,23 @@ def test_without_the_controller_deployments_keep_min_replicas(tmp_path: Path) ->
     assert not of_kind(docs, "Role") and "dfleet-controller" not in deployments
 
 
+def test_an_ar_embed_model_is_a_node_scaled_on_its_own_queue(
+        tmp_path: Path, check: tuple[int, str, Path]) -> None:
+    proc = template(tmp_path, {"models": [{"name": "ar-embed", "role": "ar_embed",
+                                           "model": "tiny-ar", "maxReplicas": 3}]})
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    (container,) = of_kind(docs, "Deployment")["dfleet-ar-embed"]["spec"]["template"]["spec"][
+        "containers"]
+    assert container["command"] == ["python", "-m", "services.ar_embed"]
+    assert "dfleet-ar-embed" in of_kind(docs, "Service")
+    config = yaml.safe_load(of_kind(docs, "ConfigMap")["dfleet-controller"]["data"][
+        "controller.yaml"])
+    (node,) = config["nodes"]
+    assert (node["role"], node["model"], node["deployment"], node["max_replicas"]) == (
+        "ar_embed", "tiny-ar", "dfleet-ar-embed", 3)
+
+
 @pytest.mark.parametrize("values,needle", [
     ({"models": [{"role": "vae", "model": "m"}]}, "missing property 'name'"),
     ({"models": [{"name": "v", "role": "painter", "model": "m"}]}, "/models/0/role"),
