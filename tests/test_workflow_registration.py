@@ -9,6 +9,7 @@ adapters whose widths do not fit their AR model or their decoder."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -205,3 +206,20 @@ def test_mismatched_embedding_widths_are_refused(registry: WorkflowRegistry, ada
         registry.register(_ar_workflow(adapter, decoder).spec())
     assert caught.value.field == field
     assert words in caught.value.message
+
+
+def test_the_examples_of_the_docs_register(registry: WorkflowRegistry,
+                                          tmp_path: Path) -> None:
+    """docs/workflows.md's builder example (up to its client calls) and its spec file are
+    valid workflows here."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "workflows.md").read_text()
+    start = docs.index("```yaml\n") + len("```yaml\n")
+    (tmp_path / "spec.yaml").write_text(docs[start:docs.index("```", start)])
+    assert registry.register(dfleet.load_spec(tmp_path / "spec.yaml")).workflow_id
+    start = docs.index('    wf = dfleet.Workflow("two-windows")')
+    example = textwrap.dedent(docs[start:docs.index("    with dfleet.Client", start)])
+    scope: dict[str, object] = {"dfleet": dfleet}
+    exec(compile(example, "docs/workflows.md", "exec"), scope)   # the project's own docs
+    wf = scope["wf"]
+    assert isinstance(wf, dfleet.Workflow)
+    assert registry.register(wf.spec()).workflow_id.startswith("wf-")
