@@ -168,7 +168,9 @@ def _start_autoscaler(args: argparse.Namespace, fleet: object):  # type: ignore[
     if args.autoscale_config:
         settings = load_config(args.autoscale_config)
     else:
-        base = sorted(e.name for e in store.entries("base"))[0]
+        base = store.first_base()
+        if base is None:
+            raise SystemExit(f"dfleet: {args.models_dir} holds no base model to autoscale")
         settings = default_local_settings(
             model=base, controlnets=tuple(e.name for e in store.entries("controlnet")))
     return LocalAutoscaler(settings, args.models_dir, fleet.redis_url,  # type: ignore[attr-defined]

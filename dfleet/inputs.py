@@ -20,10 +20,10 @@ from diffusion.v1 import gateway_pb2
 
 ImageLike = Image.Image | np.ndarray | bytes | str | os.PathLike
 
-# The samplers a request may name (ListModels says which a model takes); "default" is the
-# model's own.
+# The samplers a request may name (ListModels says which a model takes: the flow-match ones
+# Flux models, the others SD1.5 and SDXL models); "default" is the model's own.
 SCHEDULERS = ("default", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde",
-              "ddim", "unipc", "lcm")
+              "ddim", "unipc", "lcm", "flow_match_euler", "flow_match_euler_karras")
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,7 @@ def test_ring_and_grpc_path_give_the_model_residuals(tiny_models: Path,
             try:
                 for _ in range(2):
                     link.send(0, latents, t, 0.8)
-                    got_down, got_mid = link.receive()
+                    got_down, (got_mid,) = link.receive()
                     answers.append(torch.cat([x.flatten() for x in (*got_down, got_mid)]))
             finally:
                 link.close()

@@ -25,7 +25,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 import dfleet
 from services.common.lora_merge import LoraPatcher
 from services.common.model_store import ModelStore
-from services.denoiser.addons.base import StepRows
+from services.denoiser.addons.base import Residuals, StepRows
 from services.denoiser.addons.controlnet import ControlNetAddon, ControlNetRequest, ControlNetSpec
 from services.denoiser.controlnet_set import ControlNetSet
 from services.denoiser.engine import DenoiserEngine
@@ -91,7 +91,7 @@ class _Log:
 
 
 class _RecordingLink:
-    def __init__(self, log: _Log, name: str, residuals: tuple[list[torch.Tensor], torch.Tensor]
+    def __init__(self, log: _Log, name: str, residuals: Residuals
                  ) -> None:
         self.log, self.name, self.residuals = log, name, residuals
 
@@ -99,7 +99,7 @@ class _RecordingLink:
              scale: float) -> None:
         self.log.events.append(f"send {self.name} {step}")
 
-    def receive(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def receive(self) -> Residuals:
         self.log.events.append(f"receive {self.name}")
         return self.residuals
 
@@ -152,7 +152,7 @@ def test_batch_step_sends_to_every_controlnet_before_reading_any(parallel: bool)
     sample, embeds = torch.randn(1, 4, 8, 8), torch.randn(1, 7, 32)
     with torch.inference_mode():
         shapes = halves.down_mid(sample, torch.tensor([1.0]), embeds)
-    residuals = ([torch.randn_like(s) for s in shapes.skips], torch.randn_like(shapes.sample))
+    residuals = ([torch.randn_like(s) for s in shapes.skips], [torch.randn_like(shapes.sample)])
     log.events.clear()
     links = [_RecordingLink(log, "a", residuals), _RecordingLink(log, "b", residuals)]
     works = [_one_step(ControlNetSet(links, 1), sample, embeds, parallel)]
@@ -208,7 +208,7 @@ def test_stale_schedule_reads_the_previous_steps_residuals() -> None:
 
     class Counting(_RecordingLink):
         def __init__(self) -> None:
-            super().__init__(log, "a", ([], torch.zeros(())))
+            super().__init__(log, "a", ([], [torch.zeros(())]))
             self.sent: list[int] = []
 
         def send(self, step: int, latents: torch.Tensor, timestep: torch.Tensor,
@@ -216,10 +216,10 @@ def test_stale_schedule_reads_the_previous_steps_residuals() -> None:
             super().send(step, latents, timestep, scale)
             self.sent.append(step)
 
-        def receive(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        def receive(self) -> Residuals:
             super().receive()
             step = self.sent.pop(0)
-            return [torch.full((1,), float(step))], torch.full((1,), float(step))
+            return [torch.full((1,), float(step))], [torch.full((1,), float(step))]
 
     link = Counting()
     controls = ControlNetSet([link], total_steps=5, stale=True)
@@ -228,7 +228,7 @@ def test_stale_schedule_reads_the_previous_steps_residuals() -> None:
         controls.send(step, torch.zeros(1), torch.tensor(0), [1.0])
         residuals = controls.residuals()
         assert residuals is not None
-        used.append(int(residuals[1].item()))
+        used.append(int(residuals[1][0].item()))
     assert used == [0, 0, 1, 2, 3]
     assert [e for e in log.events if e.startswith("send")] == [f"send a {s}" for s in range(4)]
     assert link.sent == []  # every send was read
@@ -257,10 +257,10 @@ def test_a_failing_controlnet_fails_only_its_own_work() -> None:
     sample, embeds = torch.randn(1, 4, 8, 8), torch.randn(1, 7, 32)
 
     class Broken(_RecordingLink):
-        def receive(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        def receive(self) -> Residuals:
             raise RuntimeError("controlnet replica went away")
 
-    broken = _one_step(ControlNetSet([Broken(_Log(), "x", ([], torch.zeros(())))], 1),
+    broken = _one_step(ControlNetSet([Broken(_Log(), "x", ([], [torch.zeros(())]))], 1),
                        sample, embeds)
     fine = _one_step(ControlNetSet([], 1), sample.clone(), embeds.clone())
     model = LoadedUnet(unet, ModelInfo({}, 0.18, 8, 4), LoraPatcher(unet), UnetHalves(unet))

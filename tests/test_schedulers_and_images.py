@@ -28,7 +28,7 @@ def _generate(address: str, **kwargs: Any) -> dfleet.Result:
 
 
 def test_every_scheduler_name_is_tested_and_known_to_the_sdk() -> None:
-    assert set(SCHEDULERS) | {"default"} == set(schedulers.NAMES)
+    assert set(SCHEDULERS) | {"default"} == set(schedulers.NOISE_PREDICTION)
     assert dfleet.SCHEDULERS == schedulers.NAMES
 
 
@@ -87,7 +87,7 @@ def test_bad_choices_name_their_field(fleet: Any, field: str, kwargs: dict[str, 
 def test_list_models_names_the_schedulers(fleet: Any) -> None:
     with dfleet.Client(fleet.gateway_address, timeout=60) as client:
         models = {m.name: m for m in client.models()}
-    assert set(models["tiny-sd"].schedulers) == set(schedulers.NAMES)
+    assert set(models["tiny-sd"].schedulers) == set(schedulers.NOISE_PREDICTION)
     assert models["tiny-sd"].default_scheduler == "PNDMScheduler"
     assert models["tiny-cn-a"].schedulers == ()
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from diffusion.v1 import tensor_pb2 as diffusion_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64iffusion/v1/controlnet.proto\x12\x0c\x64iffusion.v1\x1a\x19\x64iffusion/v1/tensor.proto\"\xda\x02\n\x0e\x43ontrolNetOpen\x12\x12\n\ncontrolnet\x18\x01 \x01(\t\x12+\n\ncond_image\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12.\n\rprompt_embeds\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12$\n\x04peer\x18\x04 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\x12%\n\x04ring\x18\x05 \x01(\x0b\x32\x17.diffusion.v1.RingOffer\x12?\n\nadded_cond\x18\x06 \x03(\x0b\x32+.diffusion.v1.ControlNetOpen.AddedCondEntry\x1aI\n\x0e\x41\x64\x64\x65\x64\x43ondEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef:\x02\x38\x01\"\x91\x01\n\x0e\x43ontrolNetStep\x12\x0c\n\x04step\x18\x01 \x01(\r\x12(\n\x07latents\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x10\n\x08timestep\x18\x03 \x01(\x01\x12\x1a\n\x12\x63onditioning_scale\x18\x04 \x01(\x02\x12\x19\n\x11release_lease_ids\x18\x05 \x03(\t\"\x92\x01\n\x15\x43ontrolNetStepRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12,\n\x04open\x18\x02 \x01(\x0b\x32\x1c.diffusion.v1.ControlNetOpenH\x00\x12,\n\x04step\x18\x03 \x01(\x0b\x32\x1c.diffusion.v1.ControlNetStepH\x00\x42\t\n\x07message\"\xdd\x01\n\x16\x43ontrolNetStepResponse\x12\x0c\n\x04step\x18\x01 \x01(\r\x12/\n\x0e\x64own_residuals\x18\x02 \x03(\x0b\x32\x17.diffusion.v1.TensorRef\x12-\n\x0cmid_residual\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x12\n\ncompute_ms\x18\x04 \x01(\x01\x12\x19\n\x11release_lease_ids\x18\x05 \x03(\t\x12&\n\x04ring\x18\x06 \x01(\x0b\x32\x18.diffusion.v1.RingAnswer2d\n\nControlNet\x12V\n\x05Steps\x12#.diffusion.v1.ControlNetStepRequest\x1a$.diffusion.v1.ControlNetStepResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64iffusion/v1/controlnet.proto\x12\x0c\x64iffusion.v1\x1a\x19\x64iffusion/v1/tensor.proto\"\xdc\x03\n\x0e\x43ontrolNetOpen\x12\x12\n\ncontrolnet\x18\x01 \x01(\t\x12+\n\ncond_image\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12.\n\rprompt_embeds\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12$\n\x04peer\x18\x04 \x01(\x0b\x32\x16.diffusion.v1.PeerInfo\x12%\n\x04ring\x18\x05 \x01(\x0b\x32\x17.diffusion.v1.RingOffer\x12?\n\nadded_cond\x18\x06 \x03(\x0b\x32+.diffusion.v1.ControlNetOpen.AddedCondEntry\x12\x38\n\x06shared\x18\x07 \x03(\x0b\x32(.diffusion.v1.ControlNetOpen.SharedEntry\x1aI\n\x0e\x41\x64\x64\x65\x64\x43ondEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef:\x02\x38\x01\x1a\x46\n\x0bSharedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef:\x02\x38\x01\"\x91\x01\n\x0e\x43ontrolNetStep\x12\x0c\n\x04step\x18\x01 \x01(\r\x12(\n\x07latents\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x10\n\x08timestep\x18\x03 \x01(\x01\x12\x1a\n\x12\x63onditioning_scale\x18\x04 \x01(\x02\x12\x19\n\x11release_lease_ids\x18\x05 \x03(\t\"\x92\x01\n\x15\x43ontrolNetStepRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12,\n\x04open\x18\x02 \x01(\x0b\x32\x1c.diffusion.v1.ControlNetOpenH\x00\x12,\n\x04step\x18\x03 \x01(\x0b\x32\x1c.diffusion.v1.ControlNetStepH\x00\x42\t\n\x07message\"\x96\x02\n\x16\x43ontrolNetStepResponse\x12\x0c\n\x04step\x18\x01 \x01(\r\x12/\n\x0e\x64own_residuals\x18\x02 \x03(\x0b\x32\x17.diffusion.v1.TensorRef\x12-\n\x0cmid_residual\x18\x03 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x37\n\x16single_block_residuals\x18\x07 \x03(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x12\n\ncompute_ms\x18\x04 \x01(\x01\x12\x19\n\x11release_lease_ids\x18\x05 \x03(\t\x12&\n\x04ring\x18\x06 \x01(\x0b\x32\x18.diffusion.v1.RingAnswer2d\n\nControlNet\x12V\n\x05Steps\x12#.diffusion.v1.ControlNetStepRequest\x1a$.diffusion.v1.ControlNetStepResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +34,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CONTROLNETOPEN_ADDEDCONDENTRY']._loaded_options = None
   _globals['_CONTROLNETOPEN_ADDEDCONDENTRY']._serialized_options = b'8\001'
+  _globals['_CONTROLNETOPEN_SHAREDENTRY']._loaded_options = None
+  _globals['_CONTROLNETOPEN_SHAREDENTRY']._serialized_options = b'8\001'
   _globals['_CONTROLNETOPEN']._serialized_start=75
-  _globals['_CONTROLNETOPEN']._serialized_end=421
-  _globals['_CONTROLNETOPEN_ADDEDCONDENTRY']._serialized_start=348
-  _globals['_CONTROLNETOPEN_ADDEDCONDENTRY']._serialized_end=421
-  _globals['_CONTROLNETSTEP']._serialized_start=424
-  _globals['_CONTROLNETSTEP']._serialized_end=569
-  _globals['_CONTROLNETSTEPREQUEST']._serialized_start=572
-  _globals['_CONTROLNETSTEPREQUEST']._serialized_end=718
-  _globals['_CONTROLNETSTEPRESPONSE']._serialized_start=721
-  _globals['_CONTROLNETSTEPRESPONSE']._serialized_end=942
-  _globals['_CONTROLNET']._serialized_start=944
-  _globals['_CONTROLNET']._serialized_end=1044
+  _globals['_CONTROLNETOPEN']._serialized_end=551
+  _globals['_CONTROLNETOPEN_ADDEDCONDENTRY']._serialized_start=406
+  _globals['_CONTROLNETOPEN_ADDEDCONDENTRY']._serialized_end=479
+  _globals['_CONTROLNETOPEN_SHAREDENTRY']._serialized_start=481
+  _globals['_CONTROLNETOPEN_SHAREDENTRY']._serialized_end=551
+  _globals['_CONTROLNETSTEP']._serialized_start=554
+  _globals['_CONTROLNETSTEP']._serialized_end=699
+  _globals['_CONTROLNETSTEPREQUEST']._serialized_start=702
+  _globals['_CONTROLNETSTEPREQUEST']._serialized_end=848
+  _globals['_CONTROLNETSTEPRESPONSE']._serialized_start=851
+  _globals['_CONTROLNETSTEPRESPONSE']._serialized_end=1129
+  _globals['_CONTROLNET']._serialized_start=1131
+  _globals['_CONTROLNET']._serialized_end=1231
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ControlNetAttachment(_message.Message):
-    __slots__ = ("name", "address", "cond_image", "scale", "guidance_start", "guidance_end", "peer")
+    __slots__ = ("name", "address", "cond_image", "scale", "guidance_start", "guidance_end", "peer", "cond_moments")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     COND_IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class ControlNetAttachment(_message.Message):
     GUIDANCE_START_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_END_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
+    COND_MOMENTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     cond_image: _tensor_pb2.TensorRef
@@ -23,7 +24,8 @@ class ControlNetAttachment(_message.Message):
     guidance_start: float
     guidance_end: float
     peer: _tensor_pb2.PeerInfo
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., cond_image: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., scale: _Optional[float] = ..., guidance_start: _Optional[float] = ..., guidance_end: _Optional[float] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ...) -> None: ...
+    cond_moments: _tensor_pb2.TensorRef
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., cond_image: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ..., scale: _Optional[float] = ..., guidance_start: _Optional[float] = ..., guidance_end: _Optional[float] = ..., peer: _Optional[_Union[_tensor_pb2.PeerInfo, _Mapping]] = ..., cond_moments: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ...) -> None: ...
 
 class LoraAttachment(_message.Message):
     __slots__ = ("name", "scale", "address")

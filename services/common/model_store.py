@@ -24,9 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel  # noqa: F401
+from diffusers import (  # noqa: F401
+    AutoencoderKL,
+    ControlNetModel,
+    FluxControlNetModel,
+    FluxTransformer2DModel,
+    UNet2DConditionModel,
+)
 from safetensors import safe_open
-from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection  # noqa: F401
+from transformers import (  # noqa: F401
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+    PreTrainedTokenizerFast,
+    T5EncoderModel,
+)
 
 from services.common.ar_models import check_adapter_folder, check_ar_folder
 from services.common.errors import FailedPrecondition, NotFound
@@ -74,7 +86,7 @@ def _pipeline_entry(folder: Path) -> ModelEntry:
     vae = read_json(folder / "vae" / "config.json")
     vae_scale = 2 ** (len(vae["block_out_channels"]) - 1)
     kind = "inpainting" if denoiser.get("in_channels") == 9 else "base"
-    size = int(denoiser.get("sample_size", 64)) * vae_scale
+    size = family.default_size(denoiser, vae_scale)
     return ModelEntry(folder.name, kind, folder, size, family.name, components)
 
 
@@ -132,6 +144,16 @@ class ModelStore:
     def entries(self, kind: str | None = None) -> list[ModelEntry]:
         return [e for e in self._entries.values() if kind is None or e.kind == kind]
 
+    def first_base(self) -> str | None:
+        """The model for requests that name none: the first base model by name of the
+        first family in :data:`~services.common.families.FAMILIES` (SD1.5, SDXL, Flux), so
+        adding a family's models to a folder does not change it; None when there is none."""
+        from services.common.families import FAMILIES
+
+        order = {name: i for i, name in enumerate(FAMILIES)}
+        bases = sorted((order.get(e.family, len(order)), e.name) for e in self.entries("base"))
+        return bases[0][1] if bases else None
+
     def skipped(self) -> dict[str, str]:
         """Folders and LoRA files that cannot be served: name -> why (asking matches the LoRA
         files against the models, once)."""
@@ -180,6 +202,11 @@ class ModelStore:
 
     def vae_scaling_factor(self, name: str) -> float:
         return float(self.vae_config(name).get("scaling_factor", 0.18215))
+
+    def vae_shift_factor(self, name: str) -> float | None:
+        """What the VAE's latents are shifted by before the scaling (Flux's); None: none."""
+        shift = self.vae_config(name).get("shift_factor")
+        return None if shift is None else float(shift)
 
     def pipeline_config(self, name: str) -> dict[str, Any]:
         return read_json(self.pipeline(name).path / "model_index.json")

@@ -42,8 +42,16 @@ CHOICES: dict[str, SchedulerChoice] = {c.name: c for c in (
     SchedulerChoice("ddim", "DDIMScheduler", summary="DDIM"),
     SchedulerChoice("unipc", "UniPCMultistepScheduler", summary="UniPC"),
     SchedulerChoice("lcm", "LCMScheduler", summary="LCM"),
+    SchedulerChoice("flow_match_euler", "FlowMatchEulerDiscreteScheduler",
+                    summary="flow-match Euler (flow-matching models)"),
+    SchedulerChoice("flow_match_euler_karras", "FlowMatchEulerDiscreteScheduler",
+                    {"use_karras_sigmas": True},
+                    summary="flow-match Euler, Karras sigmas (flow-matching models)"),
 )}
 NAMES: tuple[str, ...] = (DEFAULT, *CHOICES)
+# what models predicting noise (SD1.5, SDXL) and flow-matching models (Flux) take
+FLOW_MATCHING: tuple[str, ...] = (DEFAULT, "flow_match_euler", "flow_match_euler_karras")
+NOISE_PREDICTION: tuple[str, ...] = tuple(n for n in NAMES if n not in FLOW_MATCHING[1:])
 
 _LAZY_IMPORT = threading.Lock()
 

@@ -12,6 +12,8 @@ Layout of the tree (the same one :mod:`services.common.model_store` reads):
                                   its image encoder (a CLIP vision model with projection)
     ROOT/ar/tiny-ar/, ROOT/embed_adapters/  an AR image-embedding model and its adapters
                                   (:mod:`services.common.tiny_ar`)
+    and the SDXL and Flux trees of :mod:`services.common.tiny_sdxl` and
+    :mod:`services.common.tiny_flux`
 
 Nothing is downloaded: the tokenizer is a byte-level CLIP vocabulary built here.
 """
@@ -220,6 +222,10 @@ def write_tiny_model(root: str | Path, seed: int = 0, preset: str = "tiny") -> P
     for i, name in enumerate(("tiny-ip-adapter", "tiny-ip-adapter-b")):
         # the same image encoder (seeded alike), each adapter its own projection and layers
         _save_ip_adapter(root / "ip_adapters" / name, unet, p, seed + 3, seed + 4 + i)
+    from services.common.tiny_flux import write_flux_tree
+
+    vocab = byte_vocab()
+    write_flux_tree(root, seed + 30, tokenizer, len(vocab), vocab[BOS], vocab[EOS])
     from services.common.tiny_loras import write_tiny_loras
 
     write_tiny_loras(root, seed + 20)

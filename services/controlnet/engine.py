@@ -2,9 +2,12 @@
 
 The models come from a :class:`~services.controlnet.cache.ControlNetCache`;
 a stream holds its ControlNet from :meth:`ControlNetEngine.acquire` to
-:meth:`ControlNetEngine.release`. On a CUDA device the model can run as CUDA
-graphs (residuals captured at scale 1 and scaled afterwards). Loads and
-steps run on the engine's :class:`~services.common.compute.ComputeThread`.
+:meth:`ControlNetEngine.release`. On a CUDA device a UNet ControlNet can run as
+CUDA graphs (residuals captured at scale 1 and scaled afterwards; Flux
+ControlNets run eagerly). Loads and steps run on the engine's
+:class:`~services.common.compute.ComputeThread`. Residuals are two lists
+(:mod:`services.common.controlnet_calls`): a UNet ControlNet's down and [mid],
+a Flux ControlNet's joint and single blocks'.
 """
 
 from __future__ import annotations
@@ -15,17 +18,17 @@ from typing import Any
 import torch
 
 from services.common.compute import ComputeThread
-from services.common.errors import FailedPrecondition
+from services.common.controlnet_calls import Residuals, check_compatible, is_flux, residuals
 from services.common.model_store import ModelStore
 from services.controlnet.cache import ControlNetCache
 from services.controlnet.cuda_graph import GraphedControlNet
 
-Residuals = tuple[list[torch.Tensor], torch.Tensor]
+Tensors = dict[str, torch.Tensor]
 
 
 @dataclass
 class ResidentControlNet:
-    """A loaded ControlNet on its device, with its graphs when enabled."""
+    """A loaded ControlNet on its device, with its graphs when enabled (UNet ControlNets)."""
 
     name: str
     model: Any
@@ -34,16 +37,7 @@ class ResidentControlNet:
     def check_compatible(self, prompt_embeds: torch.Tensor, latents: torch.Tensor | None = None
                          ) -> None:
         """Raises FAILED_PRECONDITION when the base model's tensors do not fit this ControlNet."""
-        config = self.model.config
-        if prompt_embeds.shape[-1] != config.cross_attention_dim:
-            raise FailedPrecondition(
-                f"ControlNet {self.name!r} takes text embeddings of width "
-                f"{config.cross_attention_dim}, the base model gives {prompt_embeds.shape[-1]}",
-                field="controlnet")
-        if latents is not None and latents.shape[1] != config.in_channels:
-            raise FailedPrecondition(
-                f"ControlNet {self.name!r} takes {config.in_channels} latent channels, "
-                f"the base model gives {latents.shape[1]}", field="controlnet")
+        check_compatible(self.name, self.model, prompt_embeds, latents)
 
 
 class ControlNetEngine:
@@ -59,8 +53,8 @@ class ControlNetEngine:
 
     def _place(self, name: str, model: Any) -> ResidentControlNet:
         model = model.to(self.device)
-        return ResidentControlNet(name, model, GraphedControlNet(model)
-                                  if self.cuda_graphs else None)
+        graphs = self.cuda_graphs and not is_flux(model)
+        return ResidentControlNet(name, model, GraphedControlNet(model) if graphs else None)
 
     def acquire(self, name: str) -> ResidentControlNet:
         """NOT_FOUND for an unknown name; the model stays resident until :meth:`release`."""
@@ -76,13 +70,18 @@ class ControlNetEngine:
 
     def step(self, controlnet: ResidentControlNet, latents: torch.Tensor,
              timestep: torch.Tensor, prompt_embeds: torch.Tensor, cond_image: torch.Tensor,
-             scale: float, added_cond: dict[str, torch.Tensor] | None = None) -> Residuals:
+             scale: float, added_cond: Tensors | None = None, shared: Tensors | None = None
+             ) -> Residuals:
         return self.compute.run(self._step, controlnet, latents, timestep, prompt_embeds,
-                                cond_image, scale, added_cond)
+                                cond_image, scale, added_cond, shared)
 
     def _step(self, controlnet: ResidentControlNet, latents: torch.Tensor,
               timestep: torch.Tensor, prompt_embeds: torch.Tensor, cond_image: torch.Tensor,
-              scale: float, added_cond: dict[str, torch.Tensor] | None = None) -> Residuals:
+              scale: float, added_cond: Tensors | None = None, shared: Tensors | None = None
+              ) -> Residuals:
+        def here(tensors: Tensors | None) -> Tensors | None:
+            return None if tensors is None else {k: v.to(self.device, self.dtype)
+                                                 for k, v in tensors.items()}
         latents = latents.to(self.device, self.dtype)
         prompt_embeds = prompt_embeds.to(self.device, self.dtype)
         cond_image = cond_image.to(self.device, self.dtype)
@@ -91,23 +90,21 @@ class ControlNetEngine:
             if controlnet.graphed is not None:
                 down, mid = controlnet.graphed(latents, timestep, prompt_embeds, cond_image,
                                                added_cond)
-                return [d * scale for d in down], mid * scale
-            down, mid = controlnet.model(latents, timestep, encoder_hidden_states=prompt_embeds,
-                                         controlnet_cond=cond_image, conditioning_scale=scale,
-                                         added_cond_kwargs=added_cond, guess_mode=False,
-                                         return_dict=False)
-        return [d.clone() for d in down], mid.clone()
+                return [d * scale for d in down], [mid * scale]
+            first, second = residuals(controlnet.model, latents, timestep, prompt_embeds,
+                                      cond_image, scale, here(added_cond), here(shared))
+        return [t.clone() for t in first], [t.clone() for t in second]
 
     def zeros(self, controlnet: ResidentControlNet, latents: torch.Tensor,
               timestep: torch.Tensor, prompt_embeds: torch.Tensor, cond_image: torch.Tensor,
-              added_cond: dict[str, torch.Tensor] | None = None) -> Residuals:
+              added_cond: Tensors | None = None, shared: Tensors | None = None) -> Residuals:
         """What a conditioning scale of 0 gives, without running the model twice per shape."""
         return self.compute.run(self._zeros, controlnet, latents, timestep, prompt_embeds,
-                                cond_image, added_cond)
+                                cond_image, added_cond, shared)
 
     def _zeros(self, controlnet: ResidentControlNet, latents: torch.Tensor,
                timestep: torch.Tensor, prompt_embeds: torch.Tensor, cond_image: torch.Tensor,
-               added_cond: dict[str, torch.Tensor] | None = None) -> Residuals:
-        down, mid = self._step(controlnet, latents, timestep, prompt_embeds, cond_image, 0.0,
-                               added_cond)
-        return [torch.zeros_like(d) for d in down], torch.zeros_like(mid)
+               added_cond: Tensors | None = None, shared: Tensors | None = None) -> Residuals:
+        first, second = self._step(controlnet, latents, timestep, prompt_embeds, cond_image,
+                                   0.0, added_cond, shared)
+        return [torch.zeros_like(t) for t in first], [torch.zeros_like(t) for t in second]

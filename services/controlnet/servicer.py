@@ -5,7 +5,9 @@ one, so it is on this host): the open is answered with whether the ring was
 taken, and then every step comes and goes through shared memory, signalled
 over the ring's socket; the gRPC stream stays open only to end with the
 stream's status. Otherwise each step is a message on the stream, its tensors
-TensorRefs.
+TensorRefs. Either way the answer carries both residual lists: a UNet
+ControlNet's down blocks' and mid block's, a Flux ControlNet's joint and
+single blocks' samples.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from dataclasses import dataclass, field
 import grpc
 import torch
 
-from diffusion.v1 import controlnet_pb2, controlnet_pb2_grpc
+from diffusion.v1 import controlnet_pb2, controlnet_pb2_grpc, tensor_pb2
+from services.common.controlnet_calls import is_flux
 from services.common.errors import InvalidArgument
 from services.common.input_checks import check_finite
 from services.common.server import ServiceRuntime
@@ -35,6 +38,7 @@ class _Stream:
     embeds: torch.Tensor
     cond_image: torch.Tensor
     added_cond: dict[str, torch.Tensor] | None = None
+    shared: dict[str, torch.Tensor] | None = None   # inputs every row shares (Flux)
     checked: bool = False
     zeros: Residuals | None = field(default=None)
 
@@ -74,8 +78,12 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
             stream = _Stream(controlnet, importer.load(opening.prompt_embeds),
                              importer.load(opening.cond_image),
                              {k: importer.load(v) for k, v in opening.added_cond.items()}
-                             or None)
+                             or None,
+                             {k: importer.load(v) for k, v in opening.shared.items()} or None)
             controlnet.check_compatible(stream.embeds)
+
+            def export(t: torch.Tensor) -> tensor_pb2.TensorRef:
+                return exporter.export(t, opening.peer, request_id=request_id)
             if ring is not None:
                 self._ring_steps(ring, stream)
                 return
@@ -83,14 +91,15 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
                 step = message.step
                 exporter.release(step.release_lease_ids)
                 latents = importer.load(step.latents, release=False)
-                (down, mid), compute_ms = self._answer(stream, latents, step.timestep,
-                                                       step.conditioning_scale)
-                peer = opening.peer
+                (first, second), compute_ms = self._answer(stream, latents, step.timestep,
+                                                           step.conditioning_scale)
+                # a UNet ControlNet's second list is its mid block's residual alone
+                flux = is_flux(controlnet.model)
                 yield controlnet_pb2.ControlNetStepResponse(
                     step=step.step, compute_ms=compute_ms,
-                    down_residuals=[exporter.export(d, peer, request_id=request_id)
-                                    for d in down],
-                    mid_residual=exporter.export(mid, peer, request_id=request_id),
+                    down_residuals=[export(t) for t in first],
+                    mid_residual=None if flux else export(second[0]),
+                    single_block_residuals=[export(t) for t in second] if flux else [],
                     release_lease_ids=[step.latents.lease.lease_id]
                     if step.latents.lease.lease_id else [])
         finally:
@@ -113,9 +122,11 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
             except (KeyError, TypeError, ValueError) as e:
                 raise InvalidArgument(f"bad ring step header {header!r}: {e}",
                                       field="step") from None
-            (down, mid), compute_ms = self._answer(stream, tensors[0], timestep, scale)
+            (first, second), compute_ms = self._answer(stream, tensors[0], timestep, scale)
             try:
-                ring.send({"step": step, "compute_ms": compute_ms}, [*down, mid])
+                # "first": where the tensors' second list (mid, or single blocks') starts
+                ring.send({"step": step, "compute_ms": compute_ms, "first": len(first)},
+                          [*first, *second])
             except RingClosed:
                 return
 
@@ -133,11 +144,12 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServicer):
             if stream.zeros is None:
                 stream.zeros = self.engine.zeros(stream.controlnet, latents, timestep,
                                                  stream.embeds, stream.cond_image,
-                                                 stream.added_cond)
+                                                 stream.added_cond, stream.shared)
             residuals = stream.zeros
         else:
             residuals = self.engine.step(stream.controlnet, latents, timestep, stream.embeds,
-                                         stream.cond_image, scale, stream.added_cond)
+                                         stream.cond_image, scale, stream.added_cond,
+                                         stream.shared)
         return residuals, (time.perf_counter() - start) * 1e3
 
 

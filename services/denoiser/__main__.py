@@ -25,12 +25,12 @@ from services.denoiser.addons.preview import PreviewKind
 from services.denoiser.addons.template_edit import TemplateEditKind
 from services.denoiser.bal import BalProfiles
 from services.denoiser.engine import DenoiserEngine
+from services.denoiser.family_models import denoiser_loader
 from services.denoiser.lora_loader import LoraDeviceCache, LoraLoader, service_fetch
 from services.denoiser.servicer import DenoiserServicer
 from services.denoiser.settings import DenoiserSettings
-from services.denoiser.step_batch import LoadedUnet
+from services.denoiser.step_batch import LoadedModel
 from services.denoiser.template_editing import TemplateEditor
-from services.denoiser.unet_models import unet_loader
 
 ROLE = "denoiser"
 log = logging.getLogger("dfleet.denoiser")
@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(DenoiserSettings, ROLE, argv)
     init_process(settings, ROLE)
     store = ModelStore(settings.models_dir)
-    unets = unet_loader(store, settings.device, settings.torch_dtype, settings.cuda_graphs)
+    unets = denoiser_loader(store, settings.device, settings.torch_dtype, settings.cuda_graphs)
 
-    def load(name: str) -> LoadedUnet:
+    def load(name: str) -> LoadedModel:
         store.pipeline(name)
         return unets.get(name)
 

@@ -26,6 +26,7 @@ import torch
 
 from diffusion.v1 import controlnet_pb2, controlnet_pb2_grpc, tensor_pb2
 from services.common.channels import ChannelPool
+from services.common.controlnet_calls import Residuals
 from services.common.errors import DeadlineExceeded, FleetError, Unavailable, from_rpc_error
 from services.common.transport import TensorExporter, TensorImporter
 from services.common.transport.ring_offer import (
@@ -36,8 +37,6 @@ from services.common.transport.ring_offer import (
 )
 from services.common.transport.ring_socket import RingClosed, RingListener
 from services.common.transport.ring_stream import RingStream
-
-Residuals = tuple[list[torch.Tensor], torch.Tensor]
 
 NO_DEADLINE_S = 1e6   # gRPC reports "no deadline" as ~9e18 s, which no socket takes
 
@@ -50,7 +49,8 @@ class ControlNetLink:
                  exporter: TensorExporter, importer: TensorImporter,
                  peer: tensor_pb2.PeerInfo | None, own_peer: tensor_pb2.PeerInfo,
                  timeout: float | None, ring: bool = True,
-                 added_cond: dict[str, torch.Tensor] | None = None) -> None:
+                 added_cond: dict[str, torch.Tensor] | None = None,
+                 shared: dict[str, torch.Tensor] | None = None) -> None:
         self.address = address
         self.request_id = request_id
         self.exporter = exporter
@@ -71,6 +71,8 @@ class ControlNetLink:
                 prompt_embeds=exporter.export(prompt_embeds, peer, request_id=request_id),
                 added_cond={k: exporter.export(v, peer, request_id=request_id)
                             for k, v in (added_cond or {}).items()},
+                shared={k: exporter.export(v, peer, request_id=request_id)
+                        for k, v in (shared or {}).items()},
                 ring=offer_message(offer) if offer is not None else None)))
         self._responses: Iterator[controlnet_pb2.ControlNetStepResponse] = stub.Steps(
             iter(self._outbox.get, None), timeout=timeout,
@@ -102,22 +104,26 @@ class ControlNetLink:
     def receive(self) -> Residuals:
         if self._ring is not None:
             try:
-                _, tensors = self._ring.receive(timeout=self._left())
+                header, tensors = self._ring.receive(timeout=self._left())
             except RingClosed as closed:
                 raise self._stream_error(closed) from closed
             except TimeoutError:
                 raise DeadlineExceeded(f"controlnet {self.address}: no residuals before the "
                                        "request's deadline") from None
-            return tensors[:-1], tensors[-1]
+            first = int(header.get("first", len(tensors) - 1))
+            return tensors[:first], tensors[first:]
         try:
             response = next(self._responses)
         except grpc.RpcError as err:
             raise from_rpc_error(err, f"controlnet {self.address}") from err
         self.exporter.release(response.release_lease_ids)
-        refs = [*response.down_residuals, response.mid_residual]
+        second = ([response.mid_residual] if response.HasField("mid_residual")
+                  else list(response.single_block_residuals))
+        refs = [*response.down_residuals, *second]
         tensors = [self.importer.load(ref, release=False) for ref in refs]
         self._held = refs
-        return tensors[:-1], tensors[-1]
+        first = len(response.down_residuals)
+        return tensors[:first], tensors[first:]
 
     def close(self) -> None:
         if self._ring is not None:

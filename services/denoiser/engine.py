@@ -30,8 +30,8 @@ from services.common.compute import ComputeThread
 from services.common.errors import FleetError
 from services.denoiser.addons.base import Addon
 from services.denoiser.job import DenoiseJob
-from services.denoiser.request_state import RequestState, prepare
-from services.denoiser.step_batch import LoadedUnet, Outcome, run_batch
+from services.denoiser.request_state import RequestState
+from services.denoiser.step_batch import LoadedModel, LoadedUnet, Outcome, run_batch
 from services.denoiser.work import DenoiseWork
 
 log = logging.getLogger("dfleet.denoiser")
@@ -42,8 +42,8 @@ __all__ = ["DenoiserEngine", "LoadedUnet"]
 
 
 class DenoiserEngine:
-    def __init__(self, load_unet: Callable[[str], LoadedUnet], max_batch_requests: int = 8,
-                 runner: Callable[[LoadedUnet, list[DenoiseWork]], Sequence[Outcome]]
+    def __init__(self, load_unet: Callable[[str], LoadedModel], max_batch_requests: int = 8,
+                 runner: Callable[[LoadedModel, list[DenoiseWork]], Sequence[Outcome]]
                  = run_batch, max_active_requests: int = 0) -> None:
         """``runner`` runs one batch (:func:`~services.denoiser.step_batch.run_batch`).
 
@@ -74,8 +74,8 @@ class DenoiserEngine:
         self._thread.start()
 
     # called from request threads
-    def load_unet(self, model: str) -> LoadedUnet:
-        """The loaded UNet of ``model`` (loaded on the compute thread when new)."""
+    def load_unet(self, model: str) -> LoadedModel:
+        """The loaded denoiser model of ``model`` (loaded on the compute thread when new)."""
         return self.compute.run(self._load_unet, model)
 
     def submit(self, job: DenoiseJob,
@@ -84,7 +84,7 @@ class DenoiserEngine:
         """Prepares ``job`` and queues it with its add-ons (built for the prepared state, on
         the compute thread, when ``addons`` is a callable)."""
         model = self.load_unet(job.model)
-        state: RequestState = self.compute.run(prepare, job, model.info)
+        state: RequestState = self.compute.run(model.prepare, job)
         built = self.compute.run(addons, state) if callable(addons) else list(addons or [])
         work = DenoiseWork(state, built)
         self.add(work, limited=True, priority=job.priority)

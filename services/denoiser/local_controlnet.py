@@ -15,20 +15,22 @@ from typing import Any
 
 import torch
 
-from services.denoiser.controlnet_set import Residuals
+from services.common.controlnet_calls import Residuals, residuals
 
-Answer = tuple[list[torch.Tensor], torch.Tensor, Any]   # down, mid, CUDA event or None
+Answer = tuple[Residuals, Any]   # the residuals, and a CUDA event or None
 
 
 class LocalControlNetLink:
     def __init__(self, controlnet: Any, cond_image: torch.Tensor, prompt_embeds: torch.Tensor,
-                 added_cond: dict[str, torch.Tensor] | None = None) -> None:
+                 added_cond: dict[str, torch.Tensor] | None = None,
+                 shared: dict[str, torch.Tensor] | None = None) -> None:
         self.controlnet = controlnet
         device = next(controlnet.parameters()).device
         dtype = next(controlnet.parameters()).dtype
         self.cond_image = cond_image.to(device, dtype)
         self.prompt_embeds = prompt_embeds.to(device, dtype)
         self.added_cond = added_cond
+        self.shared = shared
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._inbox: queue.Queue[Any] = queue.Queue()
         self._answers: queue.Queue[Answer | BaseException] = queue.Queue()
@@ -48,13 +50,13 @@ class LocalControlNetLink:
         answer = self._answers.get()
         if isinstance(answer, BaseException):
             raise answer
-        down, mid, done = answer
+        (first, second), done = answer
         if done is not None:
             stream = torch.cuda.current_stream()
             stream.wait_event(done)
-            for tensor in (*down, mid):
+            for tensor in (*first, *second):
                 tensor.record_stream(stream)
-        return down, mid
+        return first, second
 
     def close(self) -> None:
         self._inbox.put(None)
@@ -73,20 +75,15 @@ class LocalControlNetLink:
     def _compute(self, latents: torch.Tensor, timestep: torch.Tensor, scale: float,
                  ready: Any) -> Answer:
         if self.stream is None:
-            down, mid = self._run(latents, timestep, scale)
-            return down, mid, None
+            return self._run(latents, timestep, scale), None
         latents.record_stream(self.stream)
         with torch.cuda.stream(self.stream):
             self.stream.wait_event(ready)
-            down, mid = self._run(latents, timestep, scale)
+            found = self._run(latents, timestep, scale)
             done = torch.cuda.Event()
             done.record(self.stream)
-        return down, mid, done
+        return found, done
 
-    def _run(self, latents: torch.Tensor, timestep: torch.Tensor,
-             scale: float) -> tuple[list[torch.Tensor], torch.Tensor]:
-        down, mid = self.controlnet(latents, timestep, encoder_hidden_states=self.prompt_embeds,
-                                    controlnet_cond=self.cond_image, conditioning_scale=scale,
-                                    added_cond_kwargs=self.added_cond, guess_mode=False,
-                                    return_dict=False)
-        return list(down), mid
+    def _run(self, latents: torch.Tensor, timestep: torch.Tensor, scale: float) -> Residuals:
+        return residuals(self.controlnet, latents, timestep, self.prompt_embeds,
+                         self.cond_image, scale, self.added_cond, self.shared)

@@ -37,28 +37,26 @@ class ModelInfo:
     vae_scale_factor: int
     in_channels: int
     latent_channels: int = 4
+    vae_shift_factor: float | None = None   # Flux's VAEs shift latents before scaling them
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     family: Family = FAMILIES["sd15"]
 
 
-@dataclass
-class RequestState:
-    job: DenoiseJob
-    generators: list[torch.Generator]
-    scheduler: Any
-    guider: Guider
-    timesteps: list[torch.Tensor]
-    latents: torch.Tensor                         # [images, C, h, w]
-    prompt_embeds: torch.Tensor                   # [rows, tokens, dim], in guider row order
-    mask: torch.Tensor | None = None              # [rows, 1, h, w]
-    masked_image_latents: torch.Tensor | None = None
-    step_kwargs: dict[str, Any] = field(default_factory=dict)
-    added_cond: dict[str, torch.Tensor] | None = None  # SDXL: text_embeds, time_ids per row
-    index: int = 0
-    started: float = field(default_factory=time.monotonic)
+class JobSampler:
+    """What every sampler of a request this replica denoises does alike (the step loop reads
+    it, :class:`~services.denoiser.work.Sampler`): its identity, progress, expiry and
+    reports. The sampler has ``job``, ``timesteps``, ``index`` and ``started``, and says what
+    its final latents are (``[images, C, h, w]``: what the VAE reads)."""
 
-    # what the step loop reads (services.denoiser.work.Sampler)
+    job: DenoiseJob
+    timesteps: list[torch.Tensor]
+    index: int
+    started: float
+
+    def final_latents(self) -> torch.Tensor:
+        raise NotImplementedError
+
     @property
     def request_id(self) -> str:
         return self.job.request_id
@@ -74,6 +72,52 @@ class RequestState:
     @property
     def done(self) -> bool:
         return self.index >= len(self.timesteps)
+
+    def expired(self, now: float) -> Exception | None:
+        job = self.job
+        if job.cancelled.is_set():
+            return Cancelled("request cancelled", field="request_id")
+        if job.deadline is not None and now > job.deadline:
+            return DeadlineExceeded(f"deadline passed at step {self.index}/{len(self.timesteps)}")
+        return None
+
+    def report_step(self, outputs: dict[str, torch.Tensor]) -> None:
+        self.job.events.put(StepEvent(self.index, len(self.timesteps), outputs))
+
+    def report_final(self, batch_peak: int, metadata: dict[str, str]) -> None:
+        job = self.job
+        self.job.events.put(FinalEvent(
+            latents=self.final_latents().clone(), steps=len(self.timesteps),
+            queue_ms=(self.started - job.submitted) * 1e3,
+            run_ms=(time.monotonic() - self.started) * 1e3, batch_peak=batch_peak,
+            metadata=metadata))
+
+    def report_error(self, error: Exception) -> None:
+        self.job.events.put(ErrorEvent(error))
+
+
+@dataclass
+class RequestState(JobSampler):
+    job: DenoiseJob
+    generators: list[torch.Generator]
+    scheduler: Any
+    guider: Guider
+    timesteps: list[torch.Tensor]
+    latents: torch.Tensor                         # [images, C, h, w]
+    prompt_embeds: torch.Tensor                   # [rows, tokens, dim], in guider row order
+    mask: torch.Tensor | None = None              # [rows, 1, h, w]
+    masked_image_latents: torch.Tensor | None = None
+    step_kwargs: dict[str, Any] = field(default_factory=dict)
+    added_cond: dict[str, torch.Tensor] | None = None  # SDXL: text_embeds, time_ids per row
+    index: int = 0
+    started: float = field(default_factory=time.monotonic)
+    # what other families' samplers have (services.denoiser.flux_sampler): latents add-ons
+    # drew before the noise, inputs every row shares; none for a UNet
+    drawn: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    shared: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def final_latents(self) -> torch.Tensor:
+        return self.latents
 
     @property
     def rows_count(self) -> int:
@@ -106,35 +150,14 @@ class RequestState:
             assert self.masked_image_latents is not None
             sample = torch.cat([scaled, self.mask, self.masked_image_latents], dim=1)
         return StepRows(sample=sample, latents=scaled, timestep=t, embeds=self.prompt_embeds,
-                        kinds=self.guider.kinds, added_cond=self.added_cond, step=self.index)
+                        kinds=self.guider.kinds, added_cond=self.added_cond, step=self.index,
+                        shared=self.shared)
 
     def advance(self, noise_pred: torch.Tensor) -> None:
         t = self.timesteps[self.index]
         self.latents = self.scheduler.step(self.guider.combine(noise_pred), t, self.latents,
                                            **self.step_kwargs, return_dict=False)[0]
         self.index += 1
-
-    def expired(self, now: float) -> Exception | None:
-        job = self.job
-        if job.cancelled.is_set():
-            return Cancelled("request cancelled", field="request_id")
-        if job.deadline is not None and now > job.deadline:
-            return DeadlineExceeded(f"deadline passed at step {self.index}/{len(self.timesteps)}")
-        return None
-
-    def report_step(self, outputs: dict[str, torch.Tensor]) -> None:
-        self.job.events.put(StepEvent(self.index, len(self.timesteps), outputs))
-
-    def report_final(self, batch_peak: int, metadata: dict[str, str]) -> None:
-        job = self.job
-        self.job.events.put(FinalEvent(
-            latents=self.latents.clone(), steps=len(self.timesteps),
-            queue_ms=(self.started - job.submitted) * 1e3,
-            run_ms=(time.monotonic() - self.started) * 1e3, batch_peak=batch_peak,
-            metadata=metadata))
-
-    def report_error(self, error: Exception) -> None:
-        self.job.events.put(ErrorEvent(error))
 
 
 def _step_kwargs(scheduler: Any, generator: Any) -> dict[str, Any]:
@@ -147,8 +170,17 @@ def _step_kwargs(scheduler: Any, generator: Any) -> dict[str, Any]:
     return kwargs
 
 
+def sample_moments(moments: torch.Tensor, generator: Any, scaling: float,
+                   shift: float | None = None) -> torch.Tensor:
+    """Latents drawn from VAE moments with ``generator`` (one, or one per row), as the
+    pipelines' ``retrieve_latents`` then ``(x - shift) * scaling`` (``scaling * x`` without a
+    shift, the SD pipelines' own order of operands)."""
+    sample = DiagonalGaussianDistribution(moments).sample(generator=generator)
+    return scaling * sample if shift is None else (sample - shift) * scaling
+
+
 def _sample(moments: torch.Tensor, generator: torch.Generator, scaling: float) -> torch.Tensor:
-    return scaling * DiagonalGaussianDistribution(moments).sample(generator=generator)
+    return sample_moments(moments, generator, scaling)
 
 
 def _timesteps(job: DenoiseJob, scheduler: Any) -> list[torch.Tensor]:
@@ -168,7 +200,8 @@ def _timesteps(job: DenoiseJob, scheduler: Any) -> list[torch.Tensor]:
 
 
 def prepare(job: DenoiseJob, info: ModelInfo) -> RequestState:
-    scheduler = schedulers.build(info.scheduler_config, job.scheduler, job.seed)
+    scheduler = schedulers.build(info.scheduler_config,
+                                 info.family.check_scheduler(job.scheduler), job.seed)
     timesteps = _timesteps(job, scheduler)
     generators = [torch.Generator().manual_seed(seed) for seed in job.seeds]
     generator: Any = generators[0] if len(generators) == 1 else generators

@@ -66,7 +66,7 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
                     total_steps=len(state.timesteps), kinds=state.guider.kinds,
                     embeds=state.prompt_embeds, num_images=job.num_images, timeout=timeout,
                     engine=self.engine, specs=job.addons, state=state,
-                    added_cond=state.added_cond))
+                    added_cond=state.added_cond, shared=state.shared, drawn=state.drawn))
 
             self.engine.submit(job, build)
             yield from self._events(job, request, context)
@@ -200,6 +200,11 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
             elif isinstance(event, ErrorEvent):
                 raise event.error
 
+    def _guided(self, model: str) -> bool:
+        """Whether ``model``'s family runs classifier-free guidance (Flux's is distilled into
+        the model: its guidance scale is an input, not a second pass)."""
+        return self.engine.load_unet(model).info.family.classifier_free_guidance
+
     def _load(self, ref: Any, field: str) -> torch.Tensor | None:
         if not ref.ByteSize():
             return None
@@ -251,7 +256,7 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
         cond = self._conditioning(request.conditioning, "conditioning")
         negative = (self._conditioning(request.negative_conditioning, "negative_conditioning")
                     if request.HasField("negative_conditioning") else {})
-        if request.guidance_scale > 1.0 and not negative:
+        if request.guidance_scale > 1.0 and not negative and self._guided(request.model):
             raise InvalidArgument("needed when guidance_scale > 1", field="negative_conditioning")
         remaining = time_left(context)
         return DenoiseJob(

@@ -16,7 +16,8 @@ import torch
 
 from services.common.lora_merge import LoraPatcher
 from services.denoiser.addons.base import BatchInput, Forward, Residuals, StepRows
-from services.denoiser.request_state import ModelInfo
+from services.denoiser.job import DenoiseJob
+from services.denoiser.request_state import ModelInfo, RequestState, prepare
 from services.denoiser.unet_halves import AddedCond, DownMidOut
 from services.denoiser.work import DenoiseWork
 
@@ -32,6 +33,20 @@ class Halves(Protocol):
            mid_residual: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
+class LoadedModel(Protocol):
+    """A denoiser model as the step loop uses it (:class:`LoadedUnet`, or another family's,
+    e.g. :class:`~services.denoiser.flux_models.LoadedFlux`)."""
+
+    info: ModelInfo
+    patcher: LoraPatcher
+
+    def prepare(self, job: DenoiseJob) -> Any:
+        """The job's sampler (:class:`~services.denoiser.work.Sampler`), its noise drawn."""
+        ...
+
+    def forward(self, batch: BatchInput) -> torch.Tensor: ...
+
+
 @dataclass
 class LoadedUnet:
     unet: Any
@@ -39,19 +54,24 @@ class LoadedUnet:
     patcher: LoraPatcher
     halves: Halves
 
+    def prepare(self, job: DenoiseJob) -> RequestState:
+        return prepare(job, self.info)
+
     def forward(self, batch: BatchInput) -> torch.Tensor:
         """Down and mid blocks, then the residuals (awaited only now), then the up blocks."""
         state = self.halves.down_mid(batch.sample, batch.timesteps, batch.embeds,
                                      batch.added_cond)
         residuals = batch.residuals()
-        down, mid = residuals if residuals is not None else (None, None)
+        if residuals is None:
+            return self.halves.up(state)
+        down, (mid,) = residuals
         return self.halves.up(state, down, mid)
 
 
 Outcome = bool | Exception   # whether the work's step completed, or why the work failed
 
 
-def run_batch(model: LoadedUnet, batch: Sequence[DenoiseWork]) -> list[Outcome]:
+def run_batch(model: LoadedModel, batch: Sequence[DenoiseWork]) -> list[Outcome]:
     """Runs one step of each work. A work whose step cannot start or whose residuals fail
     fails alone: its rows still run (with zero residuals) and its output is dropped."""
     outcomes: dict[int, Outcome] = {}   # by id(work)
@@ -80,7 +100,8 @@ def run_batch(model: LoadedUnet, batch: Sequence[DenoiseWork]) -> list[Outcome]:
         embeds=torch.cat([r.embeds.to(device, dtype) for r in rows]),
         added_cond=_stack([r.added_cond for r in rows], device, dtype),
         extra=_stack([r.extra for r in rows], device, dtype) or {},
-        residuals=residuals)
+        residuals=residuals,
+        shared={k: v.to(device, dtype) for k, v in rows[0].shared.items()})
     forward: Forward = model.forward
     for addon in works[0].addons:
         forward = addon.wrap_forward(forward, works)
@@ -126,14 +147,16 @@ def stack_residuals(rows: list[StepRows], residuals: list[Residuals | None],
     template = next((r for r in residuals if r is not None), None)
     if template is None:
         return None
-    downs: list[list[torch.Tensor]] = []
-    mids: list[torch.Tensor] = []
+    firsts: list[list[torch.Tensor]] = []
+    seconds: list[list[torch.Tensor]] = []
     for step_rows, res in zip(rows, residuals, strict=True):
-        count = step_rows.rows
-        if res is None:
-            res = ([torch.zeros((count, *d.shape[1:]), dtype=d.dtype) for d in template[0]],
-                   torch.zeros((count, *template[1].shape[1:]), dtype=template[1].dtype))
-        downs.append(res[0])
-        mids.append(res[1])
-    down = [torch.cat(parts).to(like.device, like.dtype) for parts in zip(*downs, strict=True)]
-    return down, torch.cat(mids).to(like.device, like.dtype)
+        def zeros(like: list[torch.Tensor], count: int = step_rows.rows) -> list[torch.Tensor]:
+            return [torch.zeros((count, *t.shape[1:]), dtype=t.dtype) for t in like]
+        first, second = res if res is not None else (zeros(template[0]), zeros(template[1]))
+        firsts.append(first)
+        seconds.append(second)
+
+    def batch(per_work: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+        return [torch.cat(parts).to(like.device, like.dtype)
+                for parts in zip(*per_work, strict=True)]
+    return batch(firsts), batch(seconds)

@@ -27,6 +27,7 @@ class Generation:
     seed: int
     vae_scale_factor: int
     family: str = "sd15"
+    classifier_free: bool = True  # the family's guidance is classifier-free (not Flux's)
     strength: float = 1.0
     init_image: torch.Tensor | None = None     # image-to-image, or inpainting with strength < 1
     mask: torch.Tensor | None = None
@@ -49,7 +50,8 @@ class Generation:
 
     @property
     def do_cfg(self) -> bool:
-        return self.guidance_scale > 1.0
+        """Whether the denoiser runs unconditional rows (a negative prompt is encoded)."""
+        return self.classifier_free and self.guidance_scale > 1.0
 
     def attachment(self, name: str) -> Attachment | None:
         return next((a for a in self.attachments if a.name == name), None)

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from diffusion.v1 import gateway_pb2, gateway_pb2_grpc, tensor_pb2
-from services.common import schedulers
 from services.common.deadlines import deadline_of, seconds_from_now
 from services.common.errors import (
     FailedPrecondition,
@@ -258,7 +257,7 @@ class GatewayServicer(WorkflowRpcs, gateway_pb2_grpc.GatewayServicer):
             family = self.store.family(entry.name)
             info.family = family.name
             info.addons.extend(sorted(family.addons))
-            info.schedulers.extend(schedulers.NAMES)
+            info.schedulers.extend(family.schedulers)
             info.default_scheduler = self.store.scheduler_config(entry.name)["_class_name"]
         return info
 

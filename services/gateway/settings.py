@@ -51,7 +51,8 @@ class GatewaySettings(ServiceSettings):
         "seconds a request of a gateway that stopped heartbeating stays untouched before a "
         "live gateway claims it (live gateways touch theirs every heartbeat_s)", default=30.0)
     default_model: str = setting("model for requests that name none; empty = the first base "
-                                 "model of the models folder", default="")
+                                 "model of the models folder (of the oldest family: SD1.5, "
+                                 "SDXL, Flux)", default="")
     default_steps: int = setting("steps when a request gives none", default=20)
     default_guidance: float = setting("guidance_scale when a request gives none", default=7.5)
     edit_placement: str = setting("denoiser choice for template edits: mask_aware (least "

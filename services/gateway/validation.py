@@ -11,8 +11,8 @@ import re
 import uuid
 
 from diffusion.v1 import gateway_pb2
-from services.common import schedulers
 from services.common.errors import InvalidArgument
+from services.common.families import Family
 from services.common.model_store import ModelStore
 from services.gateway import images
 from services.gateway.attachments import AttachmentKinds
@@ -35,11 +35,22 @@ def _size(value: int, default: int, name: str, limits: GatewaySettings, factor: 
     return size
 
 
+def _check_inpainting(model: str, kind: str, family: Family, masked: bool) -> None:
+    """An inpainting model needs a mask; a base model takes one when its family inpaints
+    with the base model (Flux)."""
+    if kind == "inpainting" and not masked:
+        raise InvalidArgument(f"model {model!r} is an inpainting model: give image and mask",
+                              field="mask")
+    if masked and kind != "inpainting" and not family.inpaints_on_base:
+        raise InvalidArgument(f"model {model!r} cannot inpaint; use an inpainting model",
+                              field="model")
+
+
 def _first_base_model(store: ModelStore) -> str:
-    bases = sorted(e.name for e in store.entries("base"))
-    if not bases:
+    base = store.first_base()
+    if base is None:
         raise InvalidArgument("no model given and the fleet has no base model", field="model")
-    return bases[0]
+    return base
 
 
 def validate(req: gateway_pb2.GenerateRequest, store: ModelStore, limits: GatewaySettings,
@@ -67,12 +78,11 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore, limits: Gatewa
         if mask.size != image.size:
             raise InvalidArgument(f"mask is {mask.size[0]}x{mask.size[1]} but the image is "
                                   f"{image.size[0]}x{image.size[1]}", field="mask")
-    if entry.kind == "inpainting" and mask is None:
-        raise InvalidArgument(f"model {model!r} is an inpainting model: give image and mask",
-                              field="mask")
-    if mask is not None and entry.kind != "inpainting":
-        raise InvalidArgument(f"model {model!r} cannot inpaint; use an inpainting model",
-                              field="model")
+    _check_inpainting(model, entry.kind, family, mask is not None)
+    if req.negative_prompt and not family.classifier_free_guidance:
+        raise InvalidArgument(f"{family.name} models run without classifier-free guidance "
+                              "(their guidance is distilled); leave it empty",
+                              field="negative_prompt")
     default_w = (image.size[0] // vsf * vsf) if image is not None else entry.default_size
     default_h = (image.size[1] // vsf * vsf) if image is not None else entry.default_size
     factor = family.size_factor(vsf)
@@ -83,11 +93,13 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore, limits: Gatewa
     if steps > limits.max_steps:
         raise InvalidArgument(f"{steps} is over the limit of {limits.max_steps}",
                               field="num_inference_steps")
-    guidance = req.guidance_scale if req.has_guidance_scale else limits.default_guidance
+    guidance = (req.guidance_scale if req.has_guidance_scale
+                else family.default_guidance or limits.default_guidance)
     in_range(guidance, 0.0, limits.max_guidance, "guidance_scale")
     if req.strength and image is None:
         raise InvalidArgument("strength needs an image", field="strength")
-    strength = req.strength or (1.0 if mask is not None else 0.8)
+    strength = req.strength or (family.default_inpaint_strength if mask is not None
+                                else family.default_strength)
     in_range(strength, 1e-6, 1.0, "strength")
     num_images = req.num_images if req.HasField("num_images") else 1
     if not 1 <= num_images <= MAX_IMAGES:
@@ -96,19 +108,23 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore, limits: Gatewa
         request_id=request_id, model=model, prompt=req.prompt,
         negative_prompt=req.negative_prompt, width=width, height=height, steps=steps,
         guidance_scale=guidance, seed=req.seed, vae_scale_factor=vsf, family=family.name,
+        classifier_free=family.classifier_free_guidance,
         zero_negative=(family.zero_empty_negative and not req.negative_prompt
                        and bool(store.pipeline_config(model).get(
                            "force_zeros_for_empty_prompt", False))),
         strength=strength,
-        scheduler=schedulers.check_name(req.scheduler), num_images=num_images,
+        scheduler=family.check_scheduler(req.scheduler), num_images=num_images,
         return_pixels=req.return_pixels)
     if image is not None:
         init = images.init_image(image, width, height, vsf)
         if mask is not None:
             condition = images.mask_condition(mask, width, height, vsf)
             gen.mask = condition
-            gen.masked_image = init * (condition < 0.5)
-            gen.init_image = init if strength < 1.0 else None
+            if family.inpaints_on_base:  # the image always, the masked image never
+                gen.init_image = init
+            else:
+                gen.masked_image = init * (condition < 0.5)
+                gen.init_image = init if strength < 1.0 else None
         else:
             gen.init_image = init
     gen.attachments = attachments.validate(req, gen, store, limits)

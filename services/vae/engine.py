@@ -1,4 +1,8 @@
-"""VAE encode/decode with the arithmetic of the Stable Diffusion pipelines.
+"""VAE encode/decode with the arithmetic of the Stable Diffusion and Flux pipelines.
+
+Encoding returns the encoder's moments; the denoiser samples them with the request's
+generators and applies ``(sample - shift_factor) * scaling_factor``. Decoding undoes that:
+``latents / scaling_factor + shift_factor`` (a VAE with no shift factor, as SD's, adds none).
 
 Loads and passes run on the engine's :class:`~services.common.compute.ComputeThread`.
 """
@@ -42,4 +46,7 @@ class VaeEngine:
         vae = self.models.get(model)
         with torch.inference_mode():
             scaled = latents.to(vae.dtype) / vae.config.scaling_factor
+            shift = getattr(vae.config, "shift_factor", None)
+            if shift is not None:
+                scaled = scaled + shift
             return vae.decode(scaled, return_dict=False)[0].clone()

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from services.common import schedulers
 from services.common.errors import InvalidArgument
 
 Conditioning = dict[str, torch.Tensor]   # named tensors of one prompt, e.g. "prompt_embeds"
@@ -43,6 +44,31 @@ class Family:
     text_components: ClassVar[tuple[tuple[str, str], ...]] = ()  # (tokenizer, encoder) folders
     addons: ClassVar[frozenset[str]] = frozenset()      # attachments served on this family
     zero_empty_negative: ClassVar[bool] = False
+    schedulers: ClassVar[tuple[str, ...]] = schedulers.NOISE_PREDICTION  # names it takes
+    classifier_free_guidance: ClassVar[bool] = True     # guidance_scale > 1 runs uncond rows
+    default_guidance: ClassVar[float | None] = None     # None: the gateway's default
+    # Inpainting on the base model (no 9-channel denoiser): the pipeline re-noises the image
+    # and pastes it back outside the mask each step, so it always needs the image's latents
+    # and never the masked image's.
+    inpaints_on_base: ClassVar[bool] = False
+    # ControlNets read the control image's VAE latents, sampled before the noise (Flux), not
+    # the image
+    controlnets_read_latents: ClassVar[bool] = False
+    default_strength: ClassVar[float] = 0.8              # image-to-image
+    default_inpaint_strength: ClassVar[float] = 1.0
+
+    def default_size(self, denoiser_config: dict[str, Any], vae_scale_factor: int) -> int:
+        """The image side the pipelines default to."""
+        return int(denoiser_config.get("sample_size", 64)) * vae_scale_factor
+
+    def check_scheduler(self, name: str) -> str:
+        """``name`` (empty = default) if this family takes it; INVALID_ARGUMENT if not."""
+        name = schedulers.check_name(name)
+        if name not in self.schedulers:
+            raise InvalidArgument(f"{self.name} models take the schedulers "
+                                  f"{', '.join(self.schedulers)}, not {name!r}",
+                                  field="scheduler")
+        return name
 
     # sizes
     def size_factor(self, vae_scale_factor: int) -> int:

@@ -48,6 +48,9 @@ class BuildContext:
     follow_weights: Callable[[], bool] | None = None  # partner: the requester merged LoRAs
     weights_merged: Callable[[], bool] = field(default=lambda: False)
     added_cond: dict[str, torch.Tensor] | None = None  # their added conditioning (SDXL)
+    shared: dict[str, torch.Tensor] = field(default_factory=dict)  # the same for every row
+    # latents an add-on's spec asked the sampler to draw before its noise, by add-on name
+    drawn: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
     def without(self, kind: str) -> BuildContext:
         keep = [i for i, k in enumerate(self.kinds) if k != kind]

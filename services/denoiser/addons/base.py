@@ -33,13 +33,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
+from services.common.controlnet_calls import Residuals
 from services.common.lora_merge import NO_PATCH, LoraLayer, Patch
 
-Residuals = tuple[list[torch.Tensor], torch.Tensor]
 LoraLayers = dict[str, dict[str, LoraLayer]]   # LoRA name -> module path -> layer
 
 
@@ -63,6 +63,9 @@ class StepRows:
     added_cond: dict[str, torch.Tensor] | None = None   # family conditioning (SDXL)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # per-row add-on inputs
     step: int = 0
+    # inputs every row of a model batch shares (Flux: the position ids of the image and text
+    # tokens); equal group keys make them equal, so a batch passes its first work's
+    shared: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -102,15 +105,27 @@ class BatchInput:
     added_cond: dict[str, torch.Tensor] | None
     extra: dict[str, torch.Tensor]
     residuals: Callable[[], Residuals | None]   # read between the model's halves
+    shared: dict[str, torch.Tensor] = field(default_factory=dict)   # the same for every row
 
 
 Forward = Callable[[BatchInput], torch.Tensor]
 
 
+@runtime_checkable
+class DrawsLatents(Protocol):
+    """An add-on spec with images a sampler draws latents of, from their VAE moments, with
+    the request's generators before its initial noise (the Flux ControlNet pipeline encodes
+    its control images first); the add-on finds them in ``BuildContext.drawn``."""
+
+    def latent_moments(self) -> list[torch.Tensor]: ...
+
+
 def add_residuals(total: Residuals | None, more: Residuals) -> Residuals:
+    """Two ControlNets' residuals summed list by list (as their multi-ControlNet models do)."""
     if total is None:
         return more
-    return [a + b for a, b in zip(total[0], more[0], strict=True)], total[1] + more[1]
+    return ([a + b for a, b in zip(total[0], more[0], strict=True)],
+            [a + b for a, b in zip(total[1], more[1], strict=True)])
 
 
 class Addon:

@@ -1,5 +1,10 @@
 """ControlNets of a request: validated and preprocessed here, run on ControlNet replicas
-beside the denoiser (each ControlNet of a request on its own replica when there are enough)."""
+beside the denoiser (each ControlNet of a request on its own replica when there are enough).
+
+A Flux ControlNet reads the control image's latents: the image is preprocessed as an
+image-to-image input ([-1, 1]) and VAE-encoded here, and the denoiser gets its moments, which
+it samples with the request's generators before the initial noise, as the Flux ControlNet
+pipeline does."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from diffusion.v1 import denoiser_pb2, gateway_pb2
+from diffusion.v1 import denoiser_pb2, gateway_pb2, tensor_pb2, vae_pb2, vae_pb2_grpc
 from services.common.errors import InvalidArgument
 from services.common.fleet_state import ReplicaInfo
 from services.common.model_store import ModelStore
@@ -27,6 +32,7 @@ class ControlNetPlan:
     scale: float
     guidance_start: float
     guidance_end: float
+    latent: bool = False      # the ControlNet reads the image's latents (Flux)
 
 
 class ControlNetAttachment(Attachment):
@@ -57,12 +63,25 @@ class ControlNetAttachment(Attachment):
         addons.controlnet.CopyFrom(denoiser_pb2.ControlNets(stale=self.stale, controlnets=[
             denoiser_pb2.ControlNetAttachment(
                 name=c.name, address=r.address, peer=peer_of(r, inline),
-                cond_image=ctx.export(c.image), scale=c.scale,
+                cond_image=None if c.latent else ctx.export(c.image),
+                cond_moments=_moments(c.image, ctx) if c.latent else None, scale=c.scale,
                 guidance_start=c.guidance_start, guidance_end=c.guidance_end)
             for c, r in zip(self.controlnets, self.chosen, strict=True)]))
 
     def report(self, metadata: Mapping[str, str]) -> dict[str, str]:
         return {"denoise_controlnet_wait_ms": metadata.get("controlnet_wait_ms", "0")}
+
+
+def _moments(image: torch.Tensor, ctx: AttachContext) -> tensor_pb2.TensorRef:
+    """The VAE's moments of ``image``, exported by the VAE for the denoiser."""
+    calls = ctx.calls
+    vae = vae_pb2_grpc.VaeStub(calls.channel(ctx.vae))
+    encoded = calls.unary("vae", vae.Encode, vae_pb2.VaeEncodeRequest(
+        request_id=calls.request_id, model=ctx.generation.model, peer=ctx.denoiser_peer,
+        image=calls.exporter.export(image, peer_of(ctx.vae, calls.inline_max_bytes),
+                                    request_id=calls.request_id)))
+    moments: tensor_pb2.TensorRef = encoded.moments
+    return moments
 
 
 class ControlNetKind:
@@ -73,6 +92,10 @@ class ControlNetKind:
         if req.controlnets and gen.mask is not None:
             raise InvalidArgument("ControlNets are not served with inpainting models",
                                   field="controlnets")
+        latent = store.family(gen.model).controlnets_read_latents
+        if req.controlnets and latent and gen.init_image is not None:
+            raise InvalidArgument(f"{gen.family} ControlNets are served with text-to-image "
+                                  "requests only", field="controlnets")
         plans = []
         vsf = gen.vae_scale_factor
         family = store.family(gen.model)
@@ -94,8 +117,8 @@ class ControlNetKind:
             if c.guidance_start >= end:
                 raise InvalidArgument(f"guidance_start={c.guidance_start} must be below "
                                       f"guidance_end={end}", field=f"{where}.guidance_start")
-            plans.append(ControlNetPlan(
-                c.name, images.control_image(picture, gen.width, gen.height, vsf), scale,
-                c.guidance_start, end))
+            prepare = images.init_image if latent else images.control_image
+            plans.append(ControlNetPlan(c.name, prepare(picture, gen.width, gen.height, vsf),
+                                        scale, c.guidance_start, end, latent))
         return (ControlNetAttachment(plans, req.approximations.stale_controlnet)
                 if plans else None)

@@ -84,6 +84,10 @@ class IpAdapterKind:
                  limits: GatewaySettings) -> IpAdapterAttachment | None:
         if len(req.ip_adapters) > MAX_IP_ADAPTERS:
             raise InvalidArgument(f"at most {MAX_IP_ADAPTERS}", field="ip_adapters")
+        family = store.family(gen.model)
+        if req.ip_adapters and "ip_adapter" not in family.addons:
+            raise InvalidArgument(f"IP-Adapters are not served on {family.name} models "
+                                  f"({gen.model!r})", field="ip_adapters")
         plans = []
         width = store.cross_attention_dim(gen.model) if req.ip_adapters else 0
         for i, a in enumerate(req.ip_adapters):
