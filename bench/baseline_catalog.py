@@ -17,6 +17,7 @@ from services.common.model_files import weights_variant
 from services.common.model_store import ModelStore
 
 INPAINT_CHANNELS = 9
+FAMILIES = ("sd15", "sdxl")   # what the baseline's workers run (its pipelines take a UNet)
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,10 @@ class ModelCatalog:
     loras: dict[str, Path] = field(default_factory=dict)
 
     def default_model(self) -> str:
-        """The first base model by name, for requests that name none."""
-        bases = sorted(n for n, m in self.models.items() if m.kind == "base")
-        return bases[0] if bases else ""
+        """The first SD base model by name (as the fleet's gateway picks), for requests that
+        name none."""
+        bases = sorted((m.family != "sd", n) for n, m in self.models.items() if m.kind == "base")
+        return bases[0][1] if bases else ""
 
     def inpainting_for(self, name: str) -> str:
         """The inpainting model of base model ``name``: itself, or its ``-inpainting`` sibling."""
@@ -68,9 +70,10 @@ def _pipeline_model(path: Path) -> PipelineModel:
 def scan_catalog(root: str | Path) -> ModelCatalog:
     """Reads the tree under ``root``; raises FileNotFoundError when it holds no pipeline. The
     pipelines are those the fleet serves from the same tree (its model store skips folders it
-    cannot load), so both systems serve the same models."""
+    cannot load), so both systems serve the same models; of the families the baseline runs."""
     root = Path(root)
-    served = {e.name for e in ModelStore(root).entries() if e.kind in ("base", "inpainting")}
+    served = {e.name for e in ModelStore(root).entries()
+              if e.kind in ("base", "inpainting") and e.family in FAMILIES}
     models = {p.name: _pipeline_model(p) for p in sorted(root.iterdir())
               if (p / "model_index.json").is_file() and p.name in served}
     if not models:

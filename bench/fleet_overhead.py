@@ -1,7 +1,9 @@
 """Fleet latency over in-process diffusers latency, for txt2img and ControlNet workflows.
 
 Runs on the "small" generated model (128x128, a UNet step of tens of ms on a
-2-core CPU): each workflow 1 warm-up + N timed runs through plain diffusers
+2-core CPU), and for ``sdxl_txt2img`` / ``flux_txt2img`` on the tree's tiny SDXL and
+Flux-dev models (both sides with classifier-free guidance for SD1.5 and SDXL, none for
+Flux): each workflow 1 warm-up + N timed runs through plain diffusers
 pipelines in this process and through a local fleet (every service a process,
 tensors by shared memory, seen from the SDK), alternating one run of each so
 that drift in a shared machine's speed falls on both. Prints a table of
@@ -13,7 +15,8 @@ ControlNet refuses rings (``DFLEET_STEP_RING=false``), so every step is a gRPC
 message as before the ring: name both to compare the two paths in one run.
 
     python bench/fleet_overhead.py [--runs 5] [--steps 20]
-        [--workflows txt2img controlnet controlnet_grpc] [--out bench/results/fleet_overhead.json]
+        [--workflows txt2img controlnet controlnet_grpc sdxl_txt2img flux_txt2img]
+        [--out bench/results/fleet_overhead.json]
 """
 
 from __future__ import annotations
@@ -41,8 +44,11 @@ from dfleet.local_fleet import LocalFleet  # noqa: E402
 from services.common.tiny_model import write_tiny_model  # noqa: E402
 from tests.diffusers_reference import LOAD, sample_image  # noqa: E402
 
-WORKFLOWS = ("txt2img", "controlnet", "controlnet_grpc")
-DEFAULT_WORKFLOWS = ("txt2img", "controlnet")
+WORKFLOWS = ("txt2img", "controlnet", "controlnet_grpc", "sdxl_txt2img", "flux_txt2img")
+DEFAULT_WORKFLOWS = ("txt2img", "controlnet", "sdxl_txt2img", "flux_txt2img")
+# the model of each family's rows (the tree's SDXL and Flux models keep their tiny widths
+# whatever the preset)
+FAMILY_MODELS = {"sdxl_txt2img": "tiny-sdxl", "flux_txt2img": "tiny-flux-dev"}
 # The fleet environment per workflow; the gRPC-path fleet's ControlNet refuses step rings.
 FLEET_ENV = {"controlnet_grpc": {"DFLEET_STEP_RING": "false"}}
 T = TypeVar("T")
@@ -62,7 +68,11 @@ def diffusers_pipeline(models: Path, workflow: str, steps: int, size: int
     base = models / "tiny-sd"
     kwargs = dict(prompt="a lighthouse at dusk", num_inference_steps=steps, height=size,
                   width=size, output_type="np")
-    if workflow.startswith("controlnet"):
+    if workflow in FAMILY_MODELS:
+        index = json.loads((models / FAMILY_MODELS[workflow] / "model_index.json").read_text())
+        pipe = getattr(diffusers, index["_class_name"]).from_pretrained(
+            models / FAMILY_MODELS[workflow], local_files_only=True)
+    elif workflow.startswith("controlnet"):
         net = diffusers.ControlNetModel.from_pretrained(models / "controlnets" / "tiny-cn-a",
                                                         local_files_only=True)
         pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(base, controlnet=net,
@@ -82,7 +92,9 @@ def fleet_call(client: dfleet.Client, workflow: str, steps: int, size: int
                ) -> Callable[[int], dfleet.Result]:
     """One request of ``workflow`` per seed through the fleet, seen from the SDK."""
     params: dict[str, object] = dict(steps=steps, width=size, height=size)
-    if workflow.startswith("controlnet"):
+    if workflow in FAMILY_MODELS:
+        params["model"] = FAMILY_MODELS[workflow]
+    elif workflow.startswith("controlnet"):
         params["controlnets"] = [dfleet.ControlNet("tiny-cn-a", image=sample_image(7, size))]
 
     def call(seed: int) -> dfleet.Result:

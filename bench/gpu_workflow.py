@@ -19,6 +19,7 @@ a warm-up. Prints a table and writes JSON with the card and the date.
 
     python bench/gpu_workflow.py [--runs 3] [--steps 30] [--size 1024] [--k 5]
     python bench/gpu_workflow.py --tiny --device cpu --runs 1 --steps 3 --size 128  # smoke run
+    python bench/gpu_workflow.py --family flux ...   # FLUX.1-dev shapes: bench/gpu_flux.py
 
 Goals (one H200): + ControlNet + LoRA within 1.25x of the base model alone (ours), and at
 least 3x faster than diffusers with the LoRA loaded per request.
@@ -317,16 +318,26 @@ def median_of(run_once: Callable[[], dict[str, float]], runs: int) -> dict[str, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--family", choices=("sdxl", "flux"), default="sdxl",
+                        help="SDXL-shaped workflows, or FLUX.1-dev-shaped ones (bench/gpu_flux.py)")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per workflow")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="denoising steps (default: 30 for SDXL, 28 for Flux)")
+    parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
     parser.add_argument("--k", type=int, default=5, help="BAL bound of the BAL row")
-    parser.add_argument("--rank", type=int, default=64)
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--rank", type=int, default=64, help="rank of the LoRA")
+    parser.add_argument("--device", default="cuda", help="torch device")
     parser.add_argument("--tiny", action="store_true", help="toy widths: a smoke run on a CPU")
-    parser.add_argument("--no-diffusers", action="store_true")
-    parser.add_argument("--out", default="bench/results/gpu_workflow.json")
+    parser.add_argument("--no-diffusers", action="store_true",
+                        help="leave out the plain diffusers rows")
+    parser.add_argument("--out", default="bench/results/gpu_workflow.json",
+                        help="JSON results file (Flux: bench/results/gpu_flux.json)")
     args = parser.parse_args()
+    if args.family == "flux":
+        from gpu_flux import run_flux  # this script's folder is on the path
+
+        return run_flux(args)
+    args.steps = args.steps or 30
     device = args.device
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     card = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
