@@ -55,7 +55,9 @@ T = TypeVar("T")
 
 
 def ensure_model(root: Path) -> Path:
-    if not (root / "tree.json").exists():
+    """The tree under ``root``, (re)written when it is missing or predates a family's models."""
+    if not (root / "tree.json").exists() or not all(
+            (root / name / "model_index.json").is_file() for name in FAMILY_MODELS.values()):
         write_tiny_model(root, seed=0, preset="small")
     return root
 

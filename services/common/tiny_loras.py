@@ -204,3 +204,6 @@ def write_tiny_loras(root: Path, seed: int) -> None:
         save_peft_variant(loras / "tiny-lora-dora.safetensors", unet, seed + 2, use_dora=True)
     if (root / "tiny-sdxl").is_dir():
         save_kohya_sdxl(loras / "tiny-sdxl-lora-kohya.safetensors", root / "tiny-sdxl", seed + 3)
+    if (root / "tiny-flux-dev").is_dir():
+        save_kohya_flux(loras / "tiny-flux-lora-kohya.safetensors", root / "tiny-flux-dev",
+                        seed + 4)

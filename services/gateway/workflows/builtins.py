@@ -132,6 +132,8 @@ def builtin_workflows(store: ModelStore, guidance: float) -> list[Workflow]:
         if entry.kind == "base":
             found += [request_kind("txt2img", entry.name, guidance),
                       request_kind("img2img", entry.name, guidance)]
+            if store.family(entry.name).inpaints_on_base:   # Flux
+                found.append(request_kind("inpaint", entry.name, guidance))
         elif entry.kind == "inpainting":
             found.append(request_kind("inpaint", entry.name, guidance))
     combination = ar_combination(store)

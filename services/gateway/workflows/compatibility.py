@@ -64,7 +64,7 @@ def _check_latent(workflow: Workflow, denoise: Node, store: ModelStore, where: s
     if kind == "inpainting" and not inpaint:
         raise InvalidArgument(f"{denoise.model!r} is an inpainting model: its latent comes from "
                               "a vae_encode node in mode inpaint", field=f"{where}.inputs.latent")
-    if inpaint and kind != "inpainting":
+    if inpaint and kind != "inpainting" and not store.family(denoise.model).inpaints_on_base:
         raise InvalidArgument(f"{denoise.model!r} cannot inpaint; use an inpainting model",
                               field=f"{where}.model")
     if inpaint and "mask" not in source.inputs:
