@@ -73,6 +73,18 @@ def test_flux_equals_diffusers(fleet: Any, tiny_models: Path, name: str) -> None
     assert np.abs(ours - expected).max() <= tolerance, result.metadata
 
 
+def test_a_flux_builtin_by_name_takes_the_family_defaults(fleet: Any, tiny_models: Path) -> None:
+    """The inpainting request kind on the base model, named as a workflow with its inputs and no
+    strength or guidance: Flux's defaults (0.6, 3.5), as FluxInpaintPipeline's."""
+    with dfleet.Client(fleet.gateway_address, timeout=180) as client:
+        result = client.generate(workflow="inpaint.tiny-flux-dev", return_pixels=True, inputs={
+            "prompt": "a cat", "image": INIT, "mask": MASK, "seed": 52, "steps": 4,
+            "width": SIZE, "height": SIZE})
+    expected = flux_reference_images(tiny_models, prompt="a cat", seed=52, steps=4,
+                                     image=INIT, mask=MASK)
+    assert np.abs(pixels_of(result) - expected).max() <= TOLERANCE, result.metadata
+
+
 def test_flux_previews_are_unpacked_latents(fleet: Any) -> None:
     """A preview of a Flux request decodes like any other (the VAE gets [n, C, h, w])."""
     with dfleet.Client(fleet.gateway_address, timeout=180) as client:

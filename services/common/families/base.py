@@ -61,13 +61,12 @@ class Family:
         """The image side the pipelines default to."""
         return int(denoiser_config.get("sample_size", 64)) * vae_scale_factor
 
-    def check_scheduler(self, name: str) -> str:
+    def check_scheduler(self, name: str, field: str = "scheduler") -> str:
         """``name`` (empty = default) if this family takes it; INVALID_ARGUMENT if not."""
-        name = schedulers.check_name(name)
+        name = schedulers.check_name(name, field)
         if name not in self.schedulers:
             raise InvalidArgument(f"{self.name} models take the schedulers "
-                                  f"{', '.join(self.schedulers)}, not {name!r}",
-                                  field="scheduler")
+                                  f"{', '.join(self.schedulers)}, not {name!r}", field=field)
         return name
 
     # sizes

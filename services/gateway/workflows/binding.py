@@ -13,7 +13,6 @@ from typing import Any
 import PIL.Image
 
 from diffusion.v1 import gateway_pb2
-from services.common import schedulers
 from services.common.errors import FleetError, InvalidArgument
 from services.common.families import PromptInput
 from services.common.model_store import ModelStore
@@ -197,12 +196,14 @@ def _generation(values: Values, denoise: Node, store: ModelStore, limits: Gatewa
     if not 1 <= steps <= limits.max_steps:
         raise InvalidArgument(f"{steps} is outside 1..{limits.max_steps}", field=at)
     guidance, at = values.number(denoise, "guidance_scale")
-    guidance = limits.default_guidance if guidance is None else float(guidance)
+    guidance = ((family.default_guidance or limits.default_guidance) if guidance is None
+                else float(guidance))
     in_range(guidance, 0.0, limits.max_guidance, at)
     strength, at = values.number(denoise, "strength")
     if strength and picture is None:
         raise InvalidArgument("strength needs a latent from an image (vae_encode)", field=at)
-    strength = float(strength or (1.0 if mask is not None else 0.8))
+    strength = float(strength or (family.default_inpaint_strength if mask is not None
+                                  else family.default_strength))
     in_range(strength, 1e-6, 1.0, at)
     num_images, at = values.number(denoise, "num_images")
     if not 1 <= num_images <= MAX_IMAGES:
@@ -214,14 +215,16 @@ def _generation(values: Values, denoise: Node, store: ModelStore, limits: Gatewa
     gen = Generation(
         request_id=request_id, model=model, prompt="", negative_prompt="", width=width,
         height=height, steps=steps, guidance_scale=guidance, seed=seed, vae_scale_factor=vsf,
-        family=family.name, strength=strength, scheduler=schedulers.check_name(scheduler, at),
+        family=family.name, classifier_free=family.classifier_free_guidance, strength=strength,
+        scheduler=family.check_scheduler(scheduler, at),
         num_images=num_images, return_pixels=req.return_pixels, priority=req.priority)
     if picture is not None:
-        _prepare_images(gen, picture, mask)
+        _prepare_images(gen, picture, mask, family.inpaints_on_base)
     return gen
 
 
-def _prepare_images(gen: Generation, picture: PIL.Image.Image, mask: Bound | None) -> None:
+def _prepare_images(gen: Generation, picture: PIL.Image.Image, mask: Bound | None,
+                    on_base: bool) -> None:
     vsf = gen.vae_scale_factor
     init = images.init_image(picture, gen.width, gen.height, vsf)
     if mask is None:
@@ -233,6 +236,9 @@ def _prepare_images(gen: Generation, picture: PIL.Image.Image, mask: Bound | Non
                               f"{picture.size[0]}x{picture.size[1]}", field=mask.field)
     condition = images.mask_condition(image, gen.width, gen.height, vsf)
     gen.mask = condition
+    if on_base:   # inpainting with the base model (Flux): the image always, never the masked one
+        gen.init_image = init
+        return
     gen.masked_image = init * (condition < 0.5)
     gen.init_image = init if gen.strength < 1.0 else None
 

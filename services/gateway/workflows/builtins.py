@@ -129,13 +129,13 @@ def ar_combination(store: ModelStore) -> tuple[str, str, str] | None:
 def builtin_workflows(store: ModelStore, guidance: float) -> list[Workflow]:
     found = []
     for entry in sorted(store.entries(), key=lambda e: e.name):
-        if entry.kind == "base":
-            found += [request_kind("txt2img", entry.name, guidance),
-                      request_kind("img2img", entry.name, guidance)]
-            if store.family(entry.name).inpaints_on_base:   # Flux
-                found.append(request_kind("inpaint", entry.name, guidance))
-        elif entry.kind == "inpainting":
-            found.append(request_kind("inpaint", entry.name, guidance))
+        if entry.kind not in ("base", "inpainting"):
+            continue
+        family = store.family(entry.name)
+        default = family.default_guidance or guidance   # Flux's distilled guidance: 3.5
+        kinds = (("txt2img", "img2img", "inpaint") if family.inpaints_on_base  # Flux
+                 else ("txt2img", "img2img")) if entry.kind == "base" else ("inpaint",)
+        found += [request_kind(kind, entry.name, default) for kind in kinds]
     combination = ar_combination(store)
     if combination is not None:
         pooled = len(store.family(combination[2]).text_components) > 1

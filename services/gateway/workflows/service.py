@@ -79,7 +79,9 @@ class Workflows:
         try:
             return self.registry.builtin(name)
         except KeyError:
-            workflow = builtins.request_kind(kind, gen.model, self.settings.default_guidance)
+            guidance = (self.store.family(gen.model).default_guidance
+                        or self.settings.default_guidance)
+            workflow = builtins.request_kind(kind, gen.model, guidance)
             return self.registry.register(to_proto(workflow), builtin=True)
 
     def register(self, spec: workflow_pb2.WorkflowSpec) -> Registered:
