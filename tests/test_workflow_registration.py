@@ -21,8 +21,14 @@ from diffusion.v1 import workflow_pb2
 from services.common.errors import FleetError
 from services.common.fleet_state import FleetState
 from services.common.model_store import ModelStore
+from services.gateway.attachments import AttachmentKinds
+from services.gateway.attachments.controlnet import ControlNetKind
+from services.gateway.attachments.ip_adapter import IpAdapterKind
+from services.gateway.attachments.lora import LoraKind
+from services.gateway.settings import GatewaySettings
 from services.gateway.workflows import builtins
 from services.gateway.workflows.registry import WorkflowRegistry
+from services.gateway.workflows.service import Workflows
 from services.gateway.workflows.spec import to_proto
 from tests.workflow_specs import controlled, txt2img
 
@@ -223,3 +229,68 @@ def test_the_examples_of_the_docs_register(registry: WorkflowRegistry,
     wf = scope["wf"]
     assert isinstance(wf, dfleet.Workflow)
     assert registry.register(wf.spec()).workflow_id.startswith("wf-")
+
+
+@pytest.fixture(scope="module")
+def workflows(registry: WorkflowRegistry) -> Workflows:
+    return Workflows(registry, registry.store, GatewaySettings(),
+                     AttachmentKinds([LoraKind(), ControlNetKind(), IpAdapterKind()]))
+
+
+def _literal(node: str, port: str, value: workflow_pb2.WorkflowValue
+             ) -> Callable[[workflow_pb2.WorkflowSpec], None]:
+    def change(spec: workflow_pb2.WorkflowSpec) -> None:
+        target = next(n for n in spec.nodes if n.id == node)
+        bound = target.inputs[port]
+        if bound.WhichOneof("source") == "input":
+            spec.inputs.remove(next(i for i in spec.inputs if i.name == bound.input))
+        bound.literal.CopyFrom(value)
+    return change
+
+
+def _no_negative(spec: workflow_pb2.WorkflowSpec) -> None:
+    del next(n for n in spec.nodes if n.id == "denoise").inputs["negative"]
+    spec.nodes.remove(next(n for n in spec.nodes if n.id == "negative"))
+    spec.inputs.remove(next(i for i in spec.inputs if i.name == "negative"))
+
+
+V = workflow_pb2.WorkflowValue
+# case -> (change to txt2img(), the field named, words of the message)
+FIXED_VALUES: dict[str, tuple[Callable[[workflow_pb2.WorkflowSpec], None], str, str]] = {
+    "steps": (_literal("denoise", "steps", V(integer=-5)), "spec.nodes[3].inputs.steps",
+              "outside 1.."),
+    "width": (_literal("noise", "width", V(integer=60)), "spec.nodes[2].inputs.width",
+              "not a positive multiple of 8"),
+    "scheduler": (_literal("denoise", "scheduler", V(text="bogus")),
+                  "spec.nodes[3].inputs.scheduler", "bogus"),
+    "num_images": (_literal("denoise", "num_images", V(integer=9)),
+                   "spec.nodes[3].inputs.num_images", "outside 1..8"),
+    "guidance_without_negative": (
+        lambda s: (_no_negative(s), _literal("denoise", "guidance_scale", V(number=7.5))(s)),
+        "spec.nodes[2].inputs.guidance_scale", "needs a negative prompt"),
+    "text_default": (lambda s: s.inputs[1].default_value.CopyFrom(V(text="x" * 100_000)),
+                     "spec.inputs[1].default_value", "characters"),
+    "image_default": (lambda s: s.inputs[1].default_value.CopyFrom(V(image=b"not an image")),
+                      "spec.inputs[1].default_value", "image"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FIXED_VALUES))
+def test_values_a_spec_fixes_are_checked_as_a_run_would(workflows: Workflows,
+                                                        case: str) -> None:
+    change, field, words = FIXED_VALUES[case]
+    spec = (controlled if case == "image_default" else txt2img)(f"fixed-{case}").spec()
+    change(spec)
+    with pytest.raises(FleetError) as caught:
+        workflows.register(spec)
+    assert caught.value.field == field, caught.value
+    assert words in caught.value.message
+
+
+def test_values_left_to_the_run_are_not_judged_at_registration(workflows: Workflows) -> None:
+    """A default a run may override (guidance 7.5 with no negative prompt: a run may ask for
+    1.0) and inputs without defaults (the control images) register."""
+    spec = txt2img("defaults-left").spec()
+    _no_negative(spec)
+    assert workflows.register(spec).workflow_id
+    assert workflows.register(controlled("stand-ins").spec()).workflow_id

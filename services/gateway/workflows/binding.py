@@ -71,7 +71,7 @@ class Values:
         return (None if bound is None else bound.value), self.where(node, port)
 
 
-def _input_value(decl: Any, given: Any, limits: GatewaySettings) -> Bound:
+def input_value(decl: Any, given: Any, limits: GatewaySettings) -> Bound:
     field = f"inputs.{decl.name}"
     const = Const(given) if given is not None else decl.default
     if const is None:
@@ -117,7 +117,7 @@ def bind_inputs(req: gateway_pb2.GenerateRequest, workflow: Workflow,
             const_value = req.inputs[decl.name]
             kind = const_value.WhichOneof("kind")
             given = getattr(const_value, kind) if kind else None
-        found[decl.name] = _input_value(decl, given, limits)
+        found[decl.name] = input_value(decl, given, limits)
     return found
 
 

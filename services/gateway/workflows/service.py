@@ -19,7 +19,8 @@ from services.gateway.workflows.checks import check
 from services.gateway.workflows.parse import parse
 from services.gateway.workflows.plan import PreparedImage, builtin_plan
 from services.gateway.workflows.registry import Registered, WorkflowRegistry
-from services.gateway.workflows.spec import to_proto
+from services.gateway.workflows.spec import content_id, to_proto
+from services.gateway.workflows.value_checks import check_values
 
 log = logging.getLogger("dfleet.gateway")
 PRIORITIES = (-10, 10)
@@ -85,7 +86,15 @@ class Workflows:
             return self.registry.register(to_proto(workflow), builtin=True)
 
     def register(self, spec: workflow_pb2.WorkflowSpec) -> Registered:
+        self._check(spec)
         return self.registry.register(spec)
+
+    def _check(self, spec: workflow_pb2.WorkflowSpec) -> None:
+        """The graph (:func:`.checks.check`) and the values it fixes (:mod:`.value_checks`)."""
+        workflow = parse(spec)
+        check(workflow, self.store)
+        check_values(Registered(content_id(spec), spec, workflow), self.store, self.settings,
+                     self.attachments)
 
     def import_comfyui(self, content: str, name: str, register: bool
                        ) -> tuple[workflow_pb2.WorkflowSpec, str, list[str]]:
@@ -94,6 +103,6 @@ class Workflows:
         workflow, notes = comfyui.convert(content, self.store, name)
         spec = to_proto(workflow)
         if register:
-            return spec, self.registry.register(spec).workflow_id, notes
-        check(parse(spec), self.store)
+            return spec, self.register(spec).workflow_id, notes
+        self._check(spec)
         return spec, "", notes
