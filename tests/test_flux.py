@@ -85,6 +85,16 @@ def test_a_flux_builtin_by_name_takes_the_family_defaults(fleet: Any, tiny_model
     assert np.abs(pixels_of(result) - expected).max() <= TOLERANCE, result.metadata
 
 
+def test_a_negative_prompt_given_to_a_flux_workflow_is_refused(fleet: Any) -> None:
+    """Flux runs no unconditional rows: the text is refused, not dropped."""
+    with dfleet.Client(fleet.gateway_address, timeout=60) as client:
+        with pytest.raises(dfleet.InvalidArgument) as failure:
+            client.generate(workflow="txt2img.tiny-flux-dev", inputs={
+                "prompt": "a cat", "negative_prompt": "fog", "seed": 1, "steps": 2,
+                "width": SIZE, "height": SIZE})
+    assert failure.value.field == "inputs.negative_prompt", failure.value
+
+
 def test_flux_previews_are_unpacked_latents(fleet: Any) -> None:
     """A preview of a Flux request decodes like any other (the VAE gets [n, C, h, w])."""
     with dfleet.Client(fleet.gateway_address, timeout=180) as client:

@@ -251,6 +251,11 @@ def _skipped(workflow: Workflow, denoise: Node, gen: Generation, values: Values)
                                                                             "guidance_scale"))
     if gen.do_cfg or not isinstance(negative, FromNode):
         return frozenset()
+    text = values.get(workflow.node(negative.node), "text")
+    if not gen.classifier_free and text is not None and text.value:  # not dropped silently
+        raise InvalidArgument(f"{gen.family} models run without classifier-free guidance "
+                              "(their guidance is distilled): leave the negative prompt empty",
+                              field=text.field)
     return frozenset({negative.node})
 
 
