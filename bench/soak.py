@@ -108,7 +108,8 @@ def sample(fleet: LocalFleet, r: redis.Redis) -> dict[str, object]:
         except redis.ResponseError:
             pass
     return {"t": time.monotonic(), "rss_mb": {k: rss_mb(p) for k, p in procs.items()},
-            "segments": segments(set(procs.values())), "pending": pending}
+            "segments": segments(set(procs.values())), "pending": pending,
+            "redis_keys": r.dbsize(), "redis_used_mb": r.info("memory")["used_memory"] / 2**20}
 
 
 def verdict(samples: list[dict], args: argparse.Namespace) -> tuple[list[str], list[list]]:  # type: ignore[type-arg]
@@ -121,6 +122,8 @@ def verdict(samples: list[dict], args: argparse.Namespace) -> tuple[list[str], l
         rows.append([name, f"{start:.0f}", f"{end:.0f}", f"{growth:+.0f}"])
         if growth > args.rss_growth_mb and growth > 0.25 * start:
             problems.append(f"{name} RSS grew {growth:.0f} MB ({start:.0f} -> {end:.0f})")
+    rows.append(["redis used", f"{first['redis_used_mb']:.0f}", f"{last['redis_used_mb']:.0f}",
+                 f"{last['redis_used_mb'] - first['redis_used_mb']:+.0f}"])
     rows.append(["shm segments", str(first["segments"]), str(last["segments"]),
                  f"{last['segments'] - first['segments']:+d}"])
     if last["segments"] - first["segments"] > args.segment_growth:
@@ -138,12 +141,19 @@ def main() -> int:
                         help="most RSS growth per process after the warm-up, MB")
     parser.add_argument("--segment-growth", type=int, default=8,
                         help="most growth of the fleet's shared-memory segments")
+    parser.add_argument("--result-ttl-s", type=int, default=60,
+                        help="the gateway's result TTL: short, so that Redis reaches its "
+                             "steady size within the warm-up")
+    parser.add_argument("--state-ttl-s", type=int, default=120,
+                        help="the gateway's request-state TTL (as --result-ttl-s)")
     parser.add_argument("--models", default="", help="models folder (default: a new tiny one)")
     parser.add_argument("--out", default="bench/results/soak.json", help="JSON result")
     args = parser.parse_args()
     models = args.models or str(write_tiny_model(Path(f"/tmp/dfleet-soak-models-{os.getpid()}"),
                                                  seed=0))
-    with LocalFleet(models, env={"DFLEET_INLINE_MAX_BYTES": "1"}) as fleet:
+    env = {"DFLEET_INLINE_MAX_BYTES": "1", "DFLEET_RESULT_TTL_S": str(args.result_ttl_s),
+           "DFLEET_STATE_TTL_S": str(args.state_ttl_s)}
+    with LocalFleet(models, env=env) as fleet:
         end_at = time.monotonic() + args.minutes * 60   # the load's minutes, after start-up
         r = redis.Redis.from_url(fleet.redis_url)
         load = Load(fleet)
@@ -157,6 +167,7 @@ def main() -> int:
             samples.append(sample(fleet, r))
             print(f"{(samples[-1]['t'] - samples[0]['t']) / 60:5.1f} min  "  # type: ignore[operator]
                   f"segments {samples[-1]['segments']}  pending {samples[-1]['pending']}  "
+                  f"redis keys {samples[-1]['redis_keys']}  "
                   f"{dict(sorted(load.counts.items()))}", flush=True)
         load.stop.set()
         for thread in threads:

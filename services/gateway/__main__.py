@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         assert runtime.fleet is not None
         runtime.fleet.count_depth_as(settings.replica_id)
         requests = RequestLog(runtime.fleet, settings.replica_id, settings.result_ttl_s,
-                              settings.orphan_claim_idle_s)
+                              settings.orphan_claim_idle_s, settings.state_ttl_s)
         registry = TemplateRegistry(runtime.fleet)
         costs = (EditCostModel.from_profile(settings.edit_cost_profile)
                  if settings.edit_cost_profile else EditCostModel())

@@ -13,8 +13,8 @@ gateway claims it with XAUTOCLAIM, which hands one entry to one claimer only,
 then moves it into its own stream (see :meth:`RequestLog.orphans`). So two
 live gateways never run the same orphan.
 
-``dfleet:request:{id}`` (hash) holds the state, step and error;
-``dfleet:result:{id}`` the PNG, for ``result_ttl_s``.
+``dfleet:request:{id}`` (hash) holds the state, step and error, for ``state_ttl_s``
+after its last change; ``dfleet:result:{id}`` the PNG, for ``result_ttl_s``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from diffusion.v1 import gateway_pb2
 from services.common.fleet_state import FleetState, redis_unavailable
 
 GROUP = "gateway"
-STATE_TTL_S = 86400
 TERMINAL = {gateway_pb2.REQUEST_STATE_SUCCEEDED, gateway_pb2.REQUEST_STATE_FAILED,
             gateway_pb2.REQUEST_STATE_CANCELLED}
 FINISH_RETRY_S = 30.0   # how long a terminal state waits for Redis to come back
@@ -68,11 +67,12 @@ def _is_nogroup(exc: redis.ResponseError) -> bool:
 
 class RequestLog:
     def __init__(self, fleet: FleetState, replica_id: str, result_ttl_s: int,
-                 claim_idle_s: float = 30.0) -> None:
+                 claim_idle_s: float = 30.0, state_ttl_s: int = 86400) -> None:
         self.fleet = fleet
         self.redis: redis.Redis = fleet.redis
         self.replica_id = replica_id
         self.result_ttl_s = result_ttl_s
+        self.state_ttl_s = state_ttl_s
         self.claim_idle_s = claim_idle_s
         self.stream = fleet.key("requests", replica_id)
         self._held: dict[str, _Held] = {}
@@ -152,7 +152,7 @@ class RequestLog:
                            error_field=error.field)
         pipe = self.redis.pipeline()
         pipe.hset(key, mapping=mapping)
-        pipe.expire(key, STATE_TTL_S)
+        pipe.expire(key, self.state_ttl_s)
         pipe.execute()
 
     def finish(self, request_id: str, entry_id: str, stream: str, state: int,

@@ -39,7 +39,11 @@ class GatewaySettings(ServiceSettings):
                                    "deadline and gives one to a client that set none; "
                                    "0 = no cap (no deadline from the client means none)",
                                    default=0.0)
-    result_ttl_s: int = setting("seconds results stay readable by GetRequest", default=3600)
+    result_ttl_s: int = setting("seconds results (the PNGs, in Redis) stay readable by "
+                                "GetRequest: Redis holds about rate x this x image size",
+                                default=3600)
+    state_ttl_s: int = setting("seconds a request's state (a small Redis hash) stays readable "
+                               "by GetRequest after its last change", default=86400)
     replica_wait_s: float = setting("seconds a request waits for a role with no live replica "
                                     "(scale from zero) before UNAVAILABLE", default=30.0)
     progress_write_s: float = setting("seconds between writes of a running request's step to "
