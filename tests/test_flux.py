@@ -6,13 +6,14 @@ Flux-dev (guidance embedded) and Flux-schnell (none) text-to-image, a non-square
 image-to-image (the Flux pipelines' own strength arithmetic), inpainting on the base model
 (the re-noised image pasted back outside the mask each step), a Flux ControlNet (its control
 image VAE-encoded and sampled before the initial noise, joint and single block residuals
-through the step ring), a diffusers/peft LoRA of the transformer, a Flux-format (sd-scripts)
-LoRA with transformer and CLIP layers (<= 1e-4 after the in-place merge, as every LoRA file
-test), two images per request, previews, the Karras-sigma flow-match scheduler. Bad
-combinations (an SD ControlNet, a Flux LoRA on SDXL, an SD1.5 or SDXL LoRA on Flux, a size
-off the 16-pixel grid, a negative prompt, an SD scheduler, an IP-Adapter) are refused before
-any compute, naming the field; ListModels says what a Flux model takes; a request naming no
-model still gets the SD1.5 one.
+through the step ring), a diffusers/peft LoRA of the transformer, a Flux-format LoRA (the
+original model's fused layer names) with transformer and CLIP layers (<= 1e-4 after the
+in-place merge, as every LoRA file test), two images per request, previews, the
+Karras-sigma flow-match scheduler, a built-in workflow named with its inputs (the family's
+defaults). Bad combinations (an SD ControlNet, a Flux LoRA on SDXL, an SD1.5 or SDXL LoRA on
+Flux, a size off the 16-pixel grid, a negative prompt, an SD scheduler, an IP-Adapter) are
+refused before any compute, naming the field; ListModels says what a Flux model takes; a
+request naming no model still gets the SD1.5 one.
 """
 
 from __future__ import annotations
