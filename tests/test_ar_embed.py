@@ -7,7 +7,7 @@ position through the vision head; the adapter's Linear, LayerNorm, ReLU, Linear,
 A registered workflow whose denoise node reads the adapter's output in place of the prompt
 embeddings returns an image of the requested size through real processes, equal to a
 diffusers pipeline given those embeddings (max |difference| <= 1e-5); so does the built-in
-``ar_t2i``.
+``ar_t2i`` (the Flux decoder), against FluxPipeline.
 """
 
 from __future__ import annotations
@@ -134,17 +134,29 @@ def test_an_ar_workflow_renders_through_real_processes(fleet: Any, tiny_models: 
     assert np.abs(result.pixels - expected).max() <= TOLERANCE
 
 
-def test_the_builtin_ar_t2i_returns_the_requested_size(fleet: Any) -> None:
-    """The built-in (registered by the gateway for the AR model, the adapter that fits it and
-    a decoder of the adapter's width) through real processes; its graph is the one above."""
+def test_the_builtin_ar_t2i_renders_through_flux(fleet: Any, tiny_models: Path) -> None:
+    """The built-in: the AR model's embeddings, adapted, in place of the Flux decoder's T5
+    embeddings, the pooled CLIP embeddings from an empty prompt, Flux's distilled guidance;
+    equal to FluxPipeline given the same embeddings."""
+    import diffusers
+
     with dfleet.Client(fleet.gateway_address, timeout=180) as client:
         shown = client.get_workflow("ar_t2i")
         result = client.generate(workflow="ar_t2i", return_pixels=True, inputs={
             "prompt": "a lighthouse", "width": 96, "height": 64, "seed": 9, "steps": 6})
-    assert shown.builtin
-    operators = {n.id: n.operator for n in shown.spec.nodes}
-    assert operators["ar"] == workflow_pb2.OPERATOR_AR_EMBED
-    assert operators["adapt"] == workflow_pb2.OPERATOR_EMBED_ADAPTER
+    assert shown.builtin and result.metadata["workflow_id"] == shown.workflow_id
+    nodes = {n.id: n for n in shown.spec.nodes}
+    assert nodes["ar"].operator == workflow_pb2.OPERATOR_AR_EMBED
+    assert nodes["denoise"].model == "tiny-flux-dev"
     assert result.image.size == (96, 64)
-    assert result.pixels is not None and result.pixels.shape == (64, 96, 3)
-    assert result.metadata["workflow_id"] == shown.workflow_id
+    pipe = diffusers.FluxPipeline.from_pretrained(tiny_models / "tiny-flux-dev",
+                                                  local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    embeds = reference_adapter(tiny_models, reference_embeddings(tiny_models, "a lighthouse"))
+    with torch.no_grad():
+        _, pooled, _ = pipe.encode_prompt(prompt="", prompt_2="")
+        expected = pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, guidance_scale=3.5,
+                        num_inference_steps=6, width=96, height=64,
+                        generator=torch.Generator().manual_seed(9), output_type="np").images[0]
+    assert result.pixels is not None
+    assert np.abs(result.pixels - expected).max() <= TOLERANCE

@@ -138,9 +138,12 @@ def builtin_workflows(store: ModelStore, guidance: float) -> list[Workflow]:
         found += [request_kind(kind, entry.name, default) for kind in kinds]
     combination = ar_combination(store)
     if combination is not None:
-        pooled = len(store.family(combination[2]).text_components) > 1
-        flux = store.family(combination[2]).name == "flux"
-        found.append(ar_t2i(*combination, guidance if flux else 1.0, pooled))
+        family = store.family(combination[2])
+        pooled = len(family.text_components) > 1
+        # the graph has no negative prompt: no guidance where guidance needs one
+        default = (family.default_guidance or guidance) if not family.classifier_free_guidance \
+            else 1.0
+        found.append(ar_t2i(*combination, default, pooled))
     return found
 
 
