@@ -44,6 +44,8 @@ FLUX: dict[str, dict[str, Any]] = {
                        controlnets=[("tiny-flux-cn", CONTROL, 0.8)]),
     "lora": dict(prompt="a portrait", seed=31, loras=[("tiny-flux-lora", 0.9)]),
     "lora_kohya": dict(prompt="a portrait", seed=32, loras=[("tiny-flux-lora-kohya", 0.8)]),
+    "two_loras": dict(prompt="a portrait", seed=34,
+                      loras=[("tiny-flux-lora", 0.9), ("tiny-flux-lora-kohya", 0.5)]),
     "two_images": dict(prompt="a boat", seed=61, num_images=2),
     "karras": dict(prompt="a boat", seed=62, scheduler="flow_match_euler_karras"),
 }
@@ -70,7 +72,7 @@ def test_flux_equals_diffusers(fleet: Any, tiny_models: Path, name: str) -> None
                                                               **spec})
     ours = pixels_of(result)
     assert ours.shape == expected.shape
-    tolerance = LORA_FILE_TOLERANCE if name == "lora_kohya" else TOLERANCE
+    tolerance = LORA_FILE_TOLERANCE if name in ("lora_kohya", "two_loras") else TOLERANCE
     assert np.abs(ours - expected).max() <= tolerance, result.metadata
 
 
@@ -84,6 +86,15 @@ def test_a_flux_builtin_by_name_takes_the_family_defaults(fleet: Any, tiny_model
     expected = flux_reference_images(tiny_models, prompt="a cat", seed=52, steps=4,
                                      image=INIT, mask=MASK)
     assert np.abs(pixels_of(result) - expected).max() <= TOLERANCE, result.metadata
+
+
+def test_a_flux_bal_request_joins_within_its_bound(fleet: Any) -> None:
+    """BAL is the denoiser's step-boundary merge: a Flux request takes it like any other."""
+    with dfleet.Client(fleet.gateway_address, timeout=180) as client:
+        result = client.generate("a portrait", model="tiny-flux-dev", seed=33, steps=4,
+                                 width=SIZE, height=SIZE, loras=[dfleet.Lora("tiny-flux-lora")],
+                                 approximations=dfleet.Approximations(lora_async_steps=2))
+    assert 0 <= int(result.metadata["lora_joined_step"]) <= 2
 
 
 def test_a_negative_prompt_given_to_a_flux_workflow_is_refused(fleet: Any) -> None:
