@@ -113,7 +113,9 @@ def test_engine_serves_compatible_bases_and_refuses_others(tiny_models: Path) ->
     down, mid = engine.step(resident, latents, torch.tensor(500.0), embeds, cond, 0.7)
     expected = resident.model(latents, torch.tensor(500.0), encoder_hidden_states=embeds,
                               controlnet_cond=cond, conditioning_scale=0.7, return_dict=False)
-    assert torch.equal(mid, expected[1]) and len(down) == len(expected[0])
+    # a UNet ControlNet's second list is its one mid-block sample
+    assert len(mid) == 1 and torch.equal(mid[0], expected[1])
+    assert len(down) == len(expected[0])
     resident.check_compatible(embeds, latents)  # tiny-sd and tiny-sd's text encoder fit
     with pytest.raises(FailedPrecondition, match="text embeddings of width"):
         resident.check_compatible(torch.randn(2, 77, width * 2))
