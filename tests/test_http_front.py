@@ -77,6 +77,19 @@ def _events(response: httpx.Response) -> typing.Iterator[tuple[str, dict[str, An
             yield event, json.loads(line[len("data: "):])
 
 
+def test_a_workflow_runs_by_name_with_its_inputs(http: str, fleet: Any) -> None:
+    body = {"workflow": "img2img.tiny-sd", "priority": 3, "inputs": {
+        "prompt": "a bridge", "seed": 5, "steps": 3, "strength": 0.7,
+        "image": {"image": b64_png(sample_image(3))}}}
+    reply = httpx.post(f"{http}/v1/generations", json=body, timeout=300)
+    assert reply.status_code == 200, reply.text
+    found = reply.json()
+    with dfleet.Client(fleet.gateway_address, timeout=300) as client:
+        same = client.generate("a bridge", seed=5, steps=3, strength=0.7, image=sample_image(3))
+    assert found["metadata"]["priority"] == "3"
+    assert base64.b64decode(found["images"][0]["b64_png"]) == same.png
+
+
 def test_progress_arrives_per_step_as_server_sent_events(http: str, fleet: Any) -> None:
     body = {"prompt": "a boat", "seed": 2, "steps": 4, "model": "tiny-sd"}
     with httpx.stream("POST", f"{http}/v1/generations?stream=true", json=body,

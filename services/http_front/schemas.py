@@ -40,6 +40,12 @@ class IpAdapterBody(_Body):
 class LoraBody(_Body):
     name: str = Field(description="LoRA as the fleet lists it")
     scale: float = Field(1.0, description="LoRA scale")
+    text_encoder_scale: float | None = Field(
+        None, description="scale on the text encoders; default: the same as scale")
+
+
+class ImageValueBody(_Body):
+    image: str = Field(description="an image input of a workflow, base64 PNG or JPEG")
 
 
 class ApproximationsBody(_Body):
@@ -73,6 +79,11 @@ class GenerateBody(_Body):
     approximations: ApproximationsBody | None = None
     scheduler: str = Field("", description="sampler by name; empty = the model's own")
     num_images: int | None = Field(None, description="1-8 images, seeds seed, seed+1, ...")
+    workflow: str = Field("", description="a registered workflow's id or a built-in's name; "
+                                          "its inputs then replace the fields above")
+    inputs: dict[str, int | float | str | ImageValueBody] = Field(
+        {}, description="the workflow's inputs: text, numbers, or {\"image\": base64}")
+    priority: int = Field(0, description="-10..10; higher runs first where requests queue")
 
 
 class OpenAIImagesBody(_Body):
@@ -101,12 +112,18 @@ def generate_params(body: GenerateBody) -> tuple[str, GenerateParams]:
                                       "HTTP; ask for PNGs", field="return_pixels")
     values: dict[str, Any] = body.model_dump(
         exclude={"prompt", "controlnets", "loras", "ip_adapters", "image", "mask",
-                 "approximations"}, exclude_defaults=True)
+                 "approximations", "inputs"}, exclude_defaults=True)
     values["controlnets"] = [
         dfleet.ControlNet(c.name, image=_image(c.image, f"controlnets[{i}].image") or b"",
                           scale=c.scale, guidance_start=c.guidance_start,
                           guidance_end=c.guidance_end) for i, c in enumerate(body.controlnets)]
-    values["loras"] = [dfleet.Lora(lo.name, scale=lo.scale) for lo in body.loras]
+    values["loras"] = [dfleet.Lora(lo.name, scale=lo.scale,
+                                   text_encoder_scale=lo.text_encoder_scale)
+                       for lo in body.loras]
+    if body.inputs:
+        values["inputs"] = {
+            name: (_image(value.image, f"inputs.{name}") if isinstance(value, ImageValueBody)
+                   else value) for name, value in body.inputs.items()}
     values["ip_adapters"] = [
         dfleet.IpAdapter(a.name, image=_image(a.image, f"ip_adapters[{i}].image") or b"",
                          scale=a.scale) for i, a in enumerate(body.ip_adapters)]
