@@ -7,7 +7,14 @@ t-1's ControlNet residuals. Each row is the mean over a few seeded prompts,
 run through the denoiser's in-process engine and decoded by the model's VAE;
 also the cosine similarity of the final latents. Prints a table, writes JSON.
 
+With ``--trained DIR`` (the shapes model the project trains, e.g.
+assets/shapes-models) the prompts are held-out shape captions, the LoRAs its
+style LoRAs, the ControlNet's condition each scene's edge map, and each row
+also gives the evaluator's accuracy of the exact and of the approximated
+images (colour; the LoRA's style; the ControlNet's shape position and IoU).
+
     python bench/approximation_quality.py [--preset small] [--steps 30] [--prompts 4]
+    python bench/approximation_quality.py --trained assets/shapes-models --prompts 20
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -46,7 +54,60 @@ PROMPTS = ("a portrait of a woman in a garden", "a red car on a mountain road",
            "a bowl of fruit on a wooden table", "a lighthouse at dusk", "a cat asleep on a sofa",
            "a castle in the fog")
 BAL_BOUNDS = (0, 2, 5, 10)
-LORAS = ("tiny-lora-r4", "tiny-lora-r8")
+
+
+@dataclass
+class Subject:
+    """The model a run measures: its LoRAs, ControlNet, prompts and (trained) scenes."""
+
+    model: str
+    loras: tuple[str, ...]
+    controlnet: str
+    prompts: list[str]
+    scenes: list[Any] | None = None  # what each prompt describes, for the evaluator
+    styles: tuple[str, ...] = ()  # each LoRA's drawing style
+
+    def condition(self, i: int, size: int) -> torch.Tensor:
+        if self.scenes is None:
+            return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(200 + i))
+        from training.addon_stages import edge_batch
+
+        return edge_batch([self.scenes[i]], size)
+
+    def controlnet_prompt(self, i: int) -> str:
+        if self.scenes is None:
+            return self.prompts[i]
+        from training.shapes import caption_text, describe
+
+        return caption_text({**describe(self.scenes[i]), "position": None, "size": None})
+
+
+def random_subject(count: int) -> Subject:
+    return Subject("tiny-sd", ("tiny-lora-r4", "tiny-lora-r8"), "tiny-cn-a",
+                   list(PROMPTS[:count]))
+
+
+def trained_subject(count: int) -> Subject:
+    from training.evaluate import held_out_cases
+    from training.export import BASE, CONTROLNET, LORAS
+
+    cases = held_out_cases(count)
+    return Subject(BASE, tuple(LORAS.values()), CONTROLNET, [c.prompt for c in cases],
+                   [c.scene for c in cases], tuple(LORAS))
+
+
+def accuracy(subject: Subject, i: int, image: np.ndarray, keys: tuple[str, ...],
+             style: str = "") -> dict[str, float]:
+    """The evaluator's reading of one image against prompt ``i``'s scene (trained only)."""
+    if subject.scenes is None:
+        return {}
+    from dataclasses import replace
+
+    from training.evaluate import score
+
+    scene = replace(subject.scenes[i], style=style) if style else subject.scenes[i]
+    result = score(np.round(image * 255).astype(np.uint8), scene)
+    return {k: result[k] for k in keys}
 
 
 def ensure_models(root: Path, preset: str) -> Path:
@@ -82,93 +143,124 @@ def mean_of(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: round(statistics.fmean(r[key] for r in rows), 4) for key in rows[0]}
 
 
-def job(embeds: tuple[torch.Tensor, torch.Tensor], seed: int, steps: int, size: int,
-        **extra: Any) -> DenoiseJob:
-    return DenoiseJob(request_id=f"q-{seed}-{time.monotonic_ns()}", model="tiny-sd",
+def job(model: str, embeds: tuple[torch.Tensor, torch.Tensor], seed: int, steps: int,
+        size: int, **extra: Any) -> DenoiseJob:
+    return DenoiseJob(request_id=f"q-{seed}-{time.monotonic_ns()}", model=model,
                       prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], width=size,
                       height=size, num_inference_steps=steps, guidance_scale=7.5, seed=seed,
                       **extra)
 
 
-def bal_rows(store: ModelStore, engine: DenoiserEngine, decode: Decoder, prompts: list[str],
+def bal_rows(store: ModelStore, engine: DenoiserEngine, decode: Decoder, subject: Subject,
              steps: int, size: int) -> list[dict[str, Any]]:
     rows = []
-    for lora in LORAS:
+    for n, lora in enumerate(subject.loras):
+        style = subject.styles[n] if subject.styles else ""
         layers = read_lora_layers(store, [lora])
         per_k: dict[int, list[dict[str, float]]] = {k: [] for k in BAL_BOUNDS}
-        for i, prompt in enumerate(prompts):
-            embeds = tuple(encode_prompts(store, "tiny-sd", [prompt, ""]))
+        for i, prompt in enumerate(subject.prompts):
+            embeds = tuple(encode_prompts(store, subject.model, [prompt, ""]))
             outcomes = {}
             for k in BAL_BOUNDS:
                 loaded, on_step = join_at(layers, k)
-                final = run(engine, job(embeds, 100 + i, steps, size,  # type: ignore[arg-type]
-                                        addons={"lora": LoraRequest(
+                final = run(engine, job(subject.model, embeds, 100 + i, steps,  # type: ignore[arg-type]
+                                        size, addons={"lora": LoraRequest(
                                             (LoraSpec(lora, 1.0, ""),))}),
                             loras=loaded, bound=k, on_step=on_step)
                 assert final.lora_step == k, (final.lora_step, k)
                 outcomes[k] = (final.latents, decode(final.latents))
+            exact = accuracy(subject, i, outcomes[0][1], ("colour", "style"), style)
             for k in BAL_BOUNDS:
-                per_k[k].append(compare(outcomes[0], outcomes[k]))
+                approx = accuracy(subject, i, outcomes[k][1], ("colour", "style"), style)
+                per_k[k].append({**compare(outcomes[0], outcomes[k]),
+                                 **{f"exact_{m}": v for m, v in exact.items()},
+                                 **{f"approx_{m}": v for m, v in approx.items()}})
         for k in BAL_BOUNDS:
             rows.append({"switch": f"BAL K={k}", "lora": lora, **mean_of(per_k[k])})
     return rows
 
 
-def stale_rows(store: ModelStore, engine: DenoiserEngine, decode: Decoder, prompts: list[str],
+def stale_rows(store: ModelStore, engine: DenoiserEngine, decode: Decoder, subject: Subject,
                steps: int, size: int) -> list[dict[str, Any]]:
     from diffusers import ControlNetModel
 
-    controlnet = ControlNetModel.from_pretrained(store.root / "controlnets" / "tiny-cn-a",
-                                                 local_files_only=True).eval()
+    controlnet = ControlNetModel.from_pretrained(
+        store.root / "controlnets" / subject.controlnet, local_files_only=True,
+        dtype=torch.float32).eval()
+    keys = ("colour", "shape", "position", "iou")
     results = []
-    for i, prompt in enumerate(prompts):
-        embeds = tuple(encode_prompts(store, "tiny-sd", [prompt, ""]))
-        cond = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(200 + i))
+    for i in range(len(subject.prompts)):
+        embeds = tuple(encode_prompts(store, subject.model, [subject.controlnet_prompt(i), ""]))
+        cond = subject.condition(i, size)
         outcomes = []
         for stale in (False, True):
-            spec = ControlNetSpec("tiny-cn-a", "", cond)
+            spec = ControlNetSpec(subject.controlnet, "", cond)
             link = LocalControlNetLink(controlnet, torch.cat([cond] * 2),
                                        torch.cat([embeds[1], embeds[0]]))
-            final = run(engine, job(embeds, 200 + i, steps, size,  # type: ignore[arg-type]
-                                    addons={"controlnet": ControlNetRequest((spec,), stale)}),
+            final = run(engine, job(subject.model, embeds, 200 + i, steps,  # type: ignore[arg-type]
+                                    size, addons={"controlnet": ControlNetRequest((spec,), stale)}),
                         [link])
             outcomes.append((final.latents, decode(final.latents)))
-        results.append(compare(outcomes[0], outcomes[1]))
+        exact = accuracy(subject, i, outcomes[0][1], keys)
+        approx = accuracy(subject, i, outcomes[1][1], keys)
+        results.append({**compare(outcomes[0], outcomes[1]),
+                        **{f"exact_{m}": v for m, v in exact.items()},
+                        **{f"approx_{m}": v for m, v in approx.items()}})
     return [{"switch": "stale ControlNet residuals", "lora": "", **mean_of(results)}]
+
+
+def print_table(rows: list[dict[str, Any]], title: str) -> None:
+    print(f"\n{title}")
+    print(f"{'switch':<28}{'LoRA':<16}{'SSIM':>8}{'PSNR dB':>9}{'latent cos':>12}"
+          + ("  evaluator: exact -> approximated" if "exact_colour" in rows[0] else ""))
+    for r in rows:
+        measures = [k.removeprefix("exact_") for k in r if k.startswith("exact_")]
+        pairs = ", ".join(f"{m} {r['exact_' + m]:.2f} -> {r['approx_' + m]:.2f}"
+                          for m in measures)
+        print(f"{r['switch']:<28}{r['lora']:<16}{r['ssim']:>8.4f}{r['psnr']:>9.2f}"
+              f"{r['latent_cosine']:>12.4f}  {pairs}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=("tiny", "small"), default="small")
+    parser.add_argument("--preset", choices=("tiny", "small"), default="small",
+                        help="random-weight model to generate (without --trained)")
     parser.add_argument("--models", default="", help="default bench/results/models-<preset>")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--prompts", type=int, default=4)
-    parser.add_argument("--out", default="bench/results/approximation_quality.json")
+    parser.add_argument("--trained", default="", help="a trained shapes models folder "
+                        "(assets/shapes-models) instead of a random-weight model")
+    parser.add_argument("--steps", type=int, default=30, help="denoising steps")
+    parser.add_argument("--prompts", type=int, default=4, help="prompts (held-out captions "
+                        "with --trained) per row")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--out", default="", help="JSON (default bench/results/"
+                        "approximation_quality[_trained].json)")
     args = parser.parse_args()
-    models = ensure_models(Path(args.models or f"bench/results/models-{args.preset}"),
-                           args.preset)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.trained:
+        models, subject, label = Path(args.trained), trained_subject(args.prompts), "trained"
+    else:
+        models = ensure_models(Path(args.models or f"bench/results/models-{args.preset}"),
+                               args.preset)
+        subject, label = random_subject(args.prompts), args.preset
     store = ModelStore(models)
-    size = store.pipeline("tiny-sd").default_size
+    size = store.pipeline(subject.model).default_size
     engine = DenoiserEngine(unet_loader(store).get)
-    decode = Decoder(store, "tiny-sd")
-    prompts = list(PROMPTS[:args.prompts])
+    decode = Decoder(store, subject.model)
     try:
-        rows = bal_rows(store, engine, decode, prompts, args.steps, size)
-        rows += stale_rows(store, engine, decode, prompts, args.steps, size)
+        rows = bal_rows(store, engine, decode, subject, args.steps, size)
+        rows += stale_rows(store, engine, decode, subject, args.steps, size)
     finally:
         engine.stop()
-    print(f"\nquality against the exact image, {args.preset} model, {size}x{size}, "
-          f"{args.steps} steps, mean of {len(prompts)} prompts")
-    print(f"{'switch':<28}{'LoRA':<14}{'SSIM':>8}{'PSNR dB':>9}{'latent cos':>12}")
-    for r in rows:
-        print(f"{r['switch']:<28}{r['lora']:<14}{r['ssim']:>8.4f}{r['psnr']:>9.2f}"
-              f"{r['latent_cosine']:>12.4f}")
-    out = Path(args.out)
+    print_table(rows, f"quality against the exact image, {label} model ({models}), "
+                      f"{size}x{size}, {args.steps} steps, mean of {len(subject.prompts)} prompts")
+    out = Path(args.out or "bench/results/approximation_quality"
+               + ("_trained" if args.trained else "") + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     finite = [{k: ("inf" if v == float("inf") else v) for k, v in r.items()} for r in rows]
-    out.write_text(json.dumps(dict(date=str(date.today()), preset=args.preset, size=size,
-                                   steps=args.steps, prompts=len(prompts), rows=finite),
-                              indent=1))
+    out.write_text(json.dumps(dict(date=str(date.today()), model=label, models=str(models),
+                                   size=size, steps=args.steps, prompts=len(subject.prompts),
+                                   rows=finite), indent=1))
     print(f"wrote {out}")
     return 0
 

@@ -11,6 +11,12 @@ and off. Prints tables, writes JSON, and writes the edit cost profile the
 gateway's mask-aware placement fits its model on.
 
     python bench/masked_editing.py [--runs 5] [--steps 20] [--threads 1]
+    python bench/masked_editing.py --trained assets/shapes-models [--templates 8]
+
+With ``--trained`` it measures quality only, on the trained shapes model's
+inpainting UNet (64x64): templates are shapes scenes, each edit asks for
+another colour, and the evaluator reads the colour in the exact and the
+cached edit.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
 import torch  # noqa: E402
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # noqa: E402
 
@@ -61,25 +68,30 @@ def quality(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(ssim), float(psnr)
 
 
-def mask_box(ratio: float) -> tuple[slice, slice]:
+def mask_box(ratio: float, size: int = SIZE) -> tuple[slice, slice]:
     """The pixels of the (box) mask: where the edit paints."""
-    rows, cols = np.nonzero(np.asarray(box_mask(SIZE, ratio)))
+    rows, cols = np.nonzero(np.asarray(box_mask(size, ratio)))
     return slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
 
 
 class Bench:
-    def __init__(self, models: Path, settings: EditSettings, steps: int) -> None:
+    def __init__(self, models: Path, settings: EditSettings, steps: int,
+                 model: str = "tiny-sd-inpainting", image: PIL.Image.Image | None = None,
+                 prompts: tuple[str, str] = (TEMPLATE_PROMPT, EDIT_PROMPT),
+                 template_id: str = "bench-template") -> None:
         self.editor = TemplateEditor(settings)
-        self.pipe = EditPipeline(models, self.editor)
-        self.image = sample_image(SEED, SIZE)
+        self.pipe = EditPipeline(models, self.editor, model)
+        self.image = image or sample_image(SEED, SIZE)
+        self.size = self.image.size[0]
         self.steps = steps
-        self.template = {c: self.pipe.template_edit("bench-template", self.image,
-                                                    TEMPLATE_PROMPT, c) for c in (False, True)}
+        self.edit_prompt = prompts[1]
+        self.template = {c: self.pipe.template_edit(template_id, self.image, prompts[0], c)
+                         for c in (False, True)}
 
     def args(self, ratio: float, cache: bool) -> dict[str, object]:
         edit = replace(self.template[cache], recorded=[])  # a fresh TemplateEdit per request
-        return dict(request_id=f"r{ratio}-{cache}", prompt=EDIT_PROMPT, image=self.image,
-                    mask=box_mask(SIZE, ratio), seed=SEED, steps=self.steps, edit=edit)
+        return dict(request_id=f"r{ratio}-{cache}", prompt=self.edit_prompt, image=self.image,
+                    mask=box_mask(self.size, ratio), seed=SEED, steps=self.steps, edit=edit)
 
     def record(self) -> int:
         """Records the template: a first cached edit runs exact, with the recording alongside."""
@@ -102,7 +114,7 @@ class Bench:
                 cached_total.append(cached.total_ms)
         assert exact is not None and cached is not None
         ssim, psnr = quality(cached.pixels, exact.pixels)
-        box = mask_box(ratio)
+        box = mask_box(ratio, self.size)
         ssim_in, psnr_in = quality(cached.pixels[box], exact.pixels[box])
         med = statistics.median
         return {"ratio": ratio, "region_ratio": self._region(ratio),
@@ -118,8 +130,8 @@ class Bench:
         from services.gateway.attachments.template_edit import region_ratio
         from services.gateway.images import mask_condition
 
-        return region_ratio(mask_condition(box_mask(SIZE, ratio), SIZE, SIZE, 8), 8,
-                            self.editor.settings.halo)
+        return region_ratio(mask_condition(box_mask(self.size, ratio), self.size, self.size, 8),
+                            8, self.editor.settings.halo)
 
     def _modes(self) -> str:
         return "".join("S" if sparse else "D" for sparse in self.editor.last_modes)
@@ -153,6 +165,60 @@ def ablation(models: Path, base: EditSettings, steps: int, runs: int) -> list[di
     return rows
 
 
+def trained_rows(models: Path, settings: EditSettings, steps: int, templates: int
+                 ) -> list[dict[str, object]]:
+    """Quality only, on the trained shapes model: per template (a held-out scene moved to
+    the centre, under the centred box masks) the edit asks for another colour; SSIM and
+    PSNR of the cached image against the exact one, and how often the evaluator reads the
+    asked colour in each."""
+    from training import shapes
+    from training.evaluate import held_out_cases, score
+
+    per_ratio: dict[float, list[dict[str, float]]] = {r: [] for r in RATIOS}
+    colours = list(shapes.COLOURS)
+    for n, case in enumerate(held_out_cases(templates)):
+        scene = replace(case.scene, position="in the centre")
+        edited = replace(scene, colour=colours[(colours.index(scene.colour) + 1 + n % 5) % 6])
+        bench = Bench(models, settings, steps, "shapes-sd-inpainting", shapes.render(scene),
+                      (shapes.caption(scene), shapes.caption(edited)), f"bench-shapes-{n}")
+        bench.record()
+        for ratio in RATIOS:
+            exact = bench.pipe.run(bench.args(ratio, False))
+            cached = bench.pipe.run(bench.args(ratio, True))
+            assert exact.mode == "exact" and cached.mode == "cached", (exact.mode, cached.mode)
+            ssim, psnr = quality(cached.pixels, exact.pixels)
+            box = mask_box(ratio, bench.size)
+            ssim_in, psnr_in = quality(cached.pixels[box], exact.pixels[box])
+            read = [score(np.round(run.pixels * 255).astype(np.uint8), edited)["colour"]
+                    for run in (exact, cached)]
+            per_ratio[ratio].append({"ssim": ssim, "psnr_db": psnr, "ssim_in_mask": ssim_in,
+                                     "psnr_in_mask_db": psnr_in, "exact_colour": read[0],
+                                     "cached_colour": read[1]})
+    return [{"ratio": ratio, **{k: statistics.fmean(r[k] for r in rows) for k in rows[0]}}
+            for ratio, rows in per_ratio.items()]
+
+
+def main_trained(args: argparse.Namespace, settings: EditSettings) -> int:
+    rows = trained_rows(Path(args.trained), settings, args.steps, args.templates)
+    print(f"\ncached against exact edits, trained shapes model, {args.steps} steps, "
+          f"mean of {args.templates} templates (the edit asks for another colour)")
+    print("| mask | SSIM | PSNR dB | SSIM in mask | PSNR in mask dB | asked colour read, "
+          "exact | cached |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['ratio']:.0%} | {r['ssim']:.4f} | {r['psnr_db']:.1f} | "
+              f"{r['ssim_in_mask']:.4f} | {r['psnr_in_mask_db']:.1f} | "
+              f"{r['exact_colour']:.0%} | {r['cached_colour']:.0%} |")
+    out = Path(args.out.replace(".json", "_trained.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"date": date.today().isoformat(), "models": args.trained,
+                               "steps": args.steps, "templates": args.templates,
+                               "halo": args.halo, "cache_dtype": args.dtype, "rows": rows},
+                              indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -164,8 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/results/masked_editing.json")
     parser.add_argument("--profile-out", default="bench/results/edit_cost_profile.json")
     parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument("--trained", default="", help="a trained shapes models folder "
+                        "(assets/shapes-models): quality of cached edits over --templates")
+    parser.add_argument("--templates", type=int, default=8, help="templates with --trained")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.trained:
+        return main_trained(args, EditSettings(cache=CacheSettings(
+            memory_dir=tempfile.mkdtemp(), dtype=args.dtype), halo=args.halo))
     models = ensure_model(Path(args.models))
     settings = EditSettings(cache=CacheSettings(memory_dir=tempfile.mkdtemp(), dtype=args.dtype),
                             halo=args.halo)

@@ -26,7 +26,9 @@ from services.denoiser.request_state import ModelInfo, RequestState, prepare
 from services.denoiser.template_editing import CACHED, TemplateEdit, TemplateEditor, edit_of
 from services.gateway import images
 
-LOAD = dict(local_files_only=True, safety_checker=None, requires_safety_checker=False)
+# float32 whatever the folder stores (a float16 folder would otherwise run in float16)
+LOAD = dict(local_files_only=True, safety_checker=None, requires_safety_checker=False,
+            dtype=torch.float32)
 
 
 @dataclass
