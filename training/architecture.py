@@ -26,8 +26,11 @@ class ModelSizes:
     unet_heads: int  # attention heads per transformer (diffusers' ``attention_head_dim``)
     norm_groups: int = 8
     # GroupNorm normalises each group over the whole image, and the last one sits right
-    # before the VAE's output layer: with one channel per group a shape's level is normalised
-    # away and colours come out washed (eight groups trained 2.5x slower than two).
+    # before the VAE's output layer: with few channels per group the shape's and the
+    # background's colours are normalised together and cannot both come out right (eight
+    # groups of one channel trained 2.5x slower than two of four; with two of four, the
+    # shapes' hues merged, or, pushed apart, the backgrounds drifted). Hence 2 groups of
+    # 16 channels at full resolution (vae_channels[0]).
     vae_norm_groups: int = 2
 
     def to_dict(self) -> dict[str, Any]:
@@ -35,7 +38,7 @@ class ModelSizes:
 
 
 SHIPPED = ModelSizes(image_size=64, text_hidden=64, text_layers=3,
-                     vae_channels=(8, 16, 32, 32), unet_channels=(48, 96), unet_heads=4)
+                     vae_channels=(16, 16, 32, 32), unet_channels=(48, 96), unet_heads=4)
 QUICK = ModelSizes(image_size=32, text_hidden=32, text_layers=1,
                    vae_channels=(8, 8, 8, 8), unet_channels=(16, 32), unet_heads=4)
 

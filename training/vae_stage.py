@@ -2,8 +2,8 @@
 
 Trained on images of every style (plain, outlined, striped) so the LoRAs'
 styles can be decoded too, with a reconstruction loss (L1 + squared error,
-pixels on and near the shape weighing more), the error of each shape's mean
-colour, and a small KL term. Afterwards
+pixels on and near the shape weighing more), the error of the mean colour of
+the shape and of the background, and a small KL term. Afterwards
 its ``scaling_factor`` is set so that scaled latents of the data set have unit
 standard deviation, as SD1.5's 0.18215 does for its VAE.
 """
@@ -21,7 +21,7 @@ from training.loop import Stage, StageSpec, stage_generator
 
 KL_WEIGHT = 1e-4
 SHAPE_WEIGHT = 10.0
-COLOUR_WEIGHT = 2.0
+COLOUR_WEIGHT = 1.0
 INITIAL_LOGVAR = -6.0
 STYLE_ODDS = (0.5, 0.25, 0.25)  # plain, outlined, striped
 
@@ -45,14 +45,29 @@ def pixel_weights(scenes: list[shapes.Scene], side: int) -> torch.Tensor:
     return torch.from_numpy(1.0 + (SHAPE_WEIGHT - 1.0) * near.astype(np.float32))[:, None]
 
 
+def _region_means(decoded: torch.Tensor, masks: np.ndarray) -> torch.Tensor:
+    weights = torch.from_numpy(masks.astype(np.float32))[:, None]
+    return (decoded * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3)).clamp_min(1.0)
+
+
 def colour_error(decoded: torch.Tensor, scenes: list[shapes.Scene], side: int) -> torch.Tensor:
-    """Mean absolute error of each image's mean colour over its shape's coloured pixels: a
-    per-pixel loss lets similar hues blur into one."""
+    """Mean absolute error of the mean colour of each region: the shape's coloured pixels, and
+    each half of the background away from the shape. A per-pixel loss lets similar hues blur
+    into one; weighing the shape alone lets the background drift to pay for it."""
     ink = np.stack([shapes.ink_mask(s, side) for s in scenes]) > 0.5
-    mask = torch.from_numpy(ink.astype(np.float32))[:, None]
-    target = torch.tensor([shapes.COLOURS[s.colour] for s in scenes]) / 127.5 - 1.0
-    mean = (decoded * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3)).clamp_min(1.0)
-    return (mean - target).abs().mean()
+    away = ~ndimage.binary_dilation(np.stack([shapes.shape_mask(s, side) for s in scenes]) > 0,
+                                    structure=np.ones((1, 5, 5)))
+    top = np.zeros_like(away)
+    top[:, : side // 2] = True
+    errors = [_region_means(decoded, ink) - _colours([shapes.COLOURS[s.colour] for s in scenes])]
+    for half, rows in ((0, top), (1, ~top)):
+        errors.append(_region_means(decoded, away & rows)
+                      - _colours([shapes.BACKGROUNDS[s.background][half] for s in scenes]))
+    return torch.stack([e.abs().mean() for e in errors]).mean()
+
+
+def _colours(rgb: list[tuple[int, int, int]]) -> torch.Tensor:
+    return torch.tensor(rgb, dtype=torch.float32) / 127.5 - 1.0
 
 
 def train_vae(work: Path, sizes: architecture.ModelSizes, seed: int, steps: int,
