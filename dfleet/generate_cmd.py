@@ -79,6 +79,9 @@ def add_generate_parser(sub: argparse._SubParsersAction,  # type: ignore[type-ar
     p.add_argument("--num-images", type=int, default=1,
                    help="images to make, 1-8; image i uses seed + i and is written to "
                         "OUTPUT with -i before the suffix when there are several")
+    p.add_argument("--quality", choices=("full", "fast", "auto"), default=None,
+                   help="full: the model asked for (default); fast: its slimmed tier; auto: "
+                        "the slimmed tier when the full one would miss the deadline")
     p.set_defaults(func=cmd_generate)
 
 
@@ -159,7 +162,7 @@ def _generate(args: argparse.Namespace) -> int:
                   height=args.height, controlnets=args.controlnet, loras=args.lora,
                   image=args.image, mask=args.mask, strength=args.strength,
                   scheduler=args.scheduler, num_images=args.num_images,
-                  ip_adapters=args.ip_adapter)
+                  ip_adapters=args.ip_adapter, quality=args.quality)
     params = {k: v for k, v in params.items() if v not in (None, "", [])}
     try:
         with dfleet.Client(address, timeout=args.timeout) as client:

@@ -94,6 +94,7 @@ class GenerateParams(TypedDict, total=False):
     inputs: dict[str, object]      # its inputs: str text, int, float, or an image (PIL image,
                                    # numpy array, encoded bytes, pathlib.Path)
     priority: int                  # -10..10; higher runs first where requests queue
+    quality: str
 
 
 def encode_image(image: ImageLike) -> bytes:
@@ -144,6 +145,7 @@ def build_request(prompt: str, params: GenerateParams) -> gateway_pb2.GenerateRe
         return_pixels=params.get("return_pixels", False),
         template_id=params.get("template_id", ""),
         scheduler=params.get("scheduler", ""),
+        quality=params.get("quality", ""),
     )
     request.priority = params.get("priority", 0)
     if params.get("workflow"):

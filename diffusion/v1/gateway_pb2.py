@@ -26,7 +26,7 @@ from diffusion.v1 import tensor_pb2 as diffusion_dot_v1_dot_tensor__pb2
 from diffusion.v1 import workflow_pb2 as diffusion_dot_v1_dot_workflow__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64iffusion/v1/gateway.proto\x12\x0c\x64iffusion.v1\x1a\x19\x64iffusion/v1/tensor.proto\x1a\x1b\x64iffusion/v1/workflow.proto\"\x1a\n\nImageInput\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x85\x01\n\x0f\x43ontrolNetInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05image\x18\x02 \x01(\x0b\x32\x18.diffusion.v1.ImageInput\x12\r\n\x05scale\x18\x03 \x01(\x02\x12\x16\n\x0eguidance_start\x18\x04 \x01(\x02\x12\x14\n\x0cguidance_end\x18\x05 \x01(\x02\"e\n\x0eIpAdapterInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05image\x18\x02 \x01(\x0b\x32\x18.diffusion.v1.ImageInput\x12\x12\n\x05scale\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x08\n\x06_scale\"`\n\tLoraInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x02\x12\x1f\n\x12text_encoder_scale\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x15\n\x13_text_encoder_scale\"t\n\x0e\x41pproximations\x12\x18\n\x10lora_async_steps\x18\x01 \x01(\x05\x12\x18\n\x10stale_controlnet\x18\x02 \x01(\x08\x12\x18\n\x10\x61\x63tivation_cache\x18\x03 \x01(\x08\x12\x14\n\x0c\x63\x66g_parallel\x18\x04 \x01(\x08\"\xa9\x06\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x04 \x01(\t\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12\x1b\n\x13num_inference_steps\x18\x07 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x08 \x01(\x02\x12\x1a\n\x12has_guidance_scale\x18\t \x01(\x08\x12\x0c\n\x04seed\x18\n \x01(\x04\x12\x32\n\x0b\x63ontrolnets\x18\x0b \x03(\x0b\x32\x1d.diffusion.v1.ControlNetInput\x12&\n\x05loras\x18\x0c \x03(\x0b\x32\x17.diffusion.v1.LoraInput\x12\'\n\x05image\x18\r \x01(\x0b\x32\x18.diffusion.v1.ImageInput\x12&\n\x04mask\x18\x0e \x01(\x0b\x32\x18.diffusion.v1.ImageInput\x12\x10\n\x08strength\x18\x0f \x01(\x01\x12\x0f\n\x07preview\x18\x10 \x01(\x08\x12\x34\n\x0e\x61pproximations\x18\x11 \x01(\x0b\x32\x1c.diffusion.v1.Approximations\x12\x13\n\x0btemplate_id\x18\x12 \x01(\t\x12\x15\n\rreturn_pixels\x18\x13 \x01(\x08\x12\x11\n\tscheduler\x18\x14 \x01(\t\x12\x17\n\nnum_images\x18\x15 \x01(\rH\x00\x88\x01\x01\x12\x31\n\x0bip_adapters\x18\x16 \x03(\x0b\x32\x1c.diffusion.v1.IpAdapterInput\x12\x13\n\x0bworkflow_id\x18\x17 \x01(\t\x12\x39\n\x06inputs\x18\x18 \x03(\x0b\x32).diffusion.v1.GenerateRequest.InputsEntry\x12\x10\n\x08priority\x18\x19 \x01(\x05\x1aJ\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.diffusion.v1.WorkflowValue:\x02\x38\x01\x42\r\n\x0b_num_images\"\x1a\n\x06Queued\x12\x10\n\x08position\x18\x01 \x01(\r\"X\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12)\n\x07preview\x18\x03 \x01(\x0b\x32\x18.diffusion.v1.ImageInput\"\x80\x01\n\x0eGeneratedImage\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.diffusion.v1.ImageInput\x12\'\n\x06pixels\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x0e\n\x06output\x18\x04 \x01(\t\"\x93\x02\n\x0eGenerateResult\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.diffusion.v1.ImageInput\x12\'\n\x06pixels\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12<\n\x08metadata\x18\x03 \x03(\x0b\x32*.diffusion.v1.GenerateResult.MetadataEntry\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12,\n\x06images\x18\x05 \x03(\x0b\x32\x1c.diffusion.v1.GeneratedImage\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\tErrorInfo\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"\xda\x01\n\rGenerateEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x06queued\x18\x02 \x01(\x0b\x32\x14.diffusion.v1.QueuedH\x00\x12*\n\x08progress\x18\x03 \x01(\x0b\x32\x16.diffusion.v1.ProgressH\x00\x12.\n\x06result\x18\x04 \x01(\x0b\x32\x1c.diffusion.v1.GenerateResultH\x00\x12(\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x17.diffusion.v1.ErrorInfoH\x00\x42\x07\n\x05\x65vent\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\'\n\x11GetRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xcc\x01\n\x12GetRequestResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.diffusion.v1.RequestState\x12\x0c\n\x04step\x18\x03 \x01(\r\x12\x13\n\x0btotal_steps\x18\x04 \x01(\r\x12,\n\x06result\x18\x05 \x01(\x0b\x32\x1c.diffusion.v1.GenerateResult\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x17.diffusion.v1.ErrorInfo\"\'\n\x11ListModelsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xb5\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x15\n\rdefault_width\x18\x03 \x01(\r\x12\x16\n\x0e\x64\x65\x66\x61ult_height\x18\x04 \x01(\r\x12\x12\n\nschedulers\x18\x05 \x03(\t\x12\x19\n\x11\x64\x65\x66\x61ult_scheduler\x18\x06 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x07 \x01(\t\x12\x0e\n\x06\x61\x64\x64ons\x18\x08 \x03(\t\x12\x0e\n\x06reason\x18\t \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.diffusion.v1.ModelInfo\"\xe5\x01\n\x17RegisterTemplateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\'\n\x05image\x18\x03 \x01(\x0b\x32\x18.diffusion.v1.ImageInput\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12\x0f\n\x07warm_up\x18\x05 \x01(\x08\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x1b\n\x13num_inference_steps\x18\x07 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x08 \x01(\x02\x12\x1a\n\x12has_guidance_scale\x18\t \x01(\x08\"D\n\x18RegisterTemplateResponse\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61\x63he_bytes\x18\x02 \x01(\x04*\xb6\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14REQUEST_STATE_QUEUED\x10\x01\x12\x19\n\x15REQUEST_STATE_RUNNING\x10\x02\x12\x1b\n\x17REQUEST_STATE_SUCCEEDED\x10\x03\x12\x18\n\x14REQUEST_STATE_FAILED\x10\x04\x12\x1b\n\x17REQUEST_STATE_CANCELLED\x10\x05\x32\x8b\x06\n\x07Gateway\x12H\n\x08Generate\x12\x1d.diffusion.v1.GenerateRequest\x1a\x1b.diffusion.v1.GenerateEvent0\x01\x12\x43\n\x06\x43\x61ncel\x12\x1b.diffusion.v1.CancelRequest\x1a\x1c.diffusion.v1.CancelResponse\x12O\n\nGetRequest\x12\x1f.diffusion.v1.GetRequestRequest\x1a .diffusion.v1.GetRequestResponse\x12O\n\nListModels\x12\x1f.diffusion.v1.ListModelsRequest\x1a .diffusion.v1.ListModelsResponse\x12\x61\n\x10RegisterTemplate\x12%.diffusion.v1.RegisterTemplateRequest\x1a&.diffusion.v1.RegisterTemplateResponse\x12\x61\n\x10RegisterWorkflow\x12%.diffusion.v1.RegisterWorkflowRequest\x1a&.diffusion.v1.RegisterWorkflowResponse\x12X\n\rListWorkflows\x12\".diffusion.v1.ListWorkflowsRequest\x1a#.diffusion.v1.ListWorkflowsResponse\x12R\n\x0bGetWorkflow\x12 .diffusion.v1.GetWorkflowRequest\x1a!.diffusion.v1.GetWorkflowResponse\x12[\n\x0eImportWorkflow\x12#.diffusion.v1.ImportWorkflowRequest\x1a$.diffusion.v1.ImportWorkflowResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64iffusion/v1/gateway.proto\x12\x0c\x64iffusion.v1\x1a\x19\x64iffusion/v1/tensor.proto\x1a\x1b\x64iffusion/v1/workflow.proto\"\x1a\n\nImageInput\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x85\x01\n\x0f\x43ontrolNetInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05image\x18\x02 \x01(\x0b\x32\x18.diffusion.v1.ImageInput\x12\r\n\x05scale\x18\x03 \x01(\x02\x12\x16\n\x0eguidance_start\x18\x04 \x01(\x02\x12\x14\n\x0cguidance_end\x18\x05 \x01(\x02\"e\n\x0eIpAdapterInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05image\x18\x02 \x01(\x0b\x32\x18.diffusion.v1.ImageInput\x12\x12\n\x05scale\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x08\n\x06_scale\"`\n\tLoraInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x02\x12\x1f\n\x12text_encoder_scale\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x15\n\x13_text_encoder_scale\"t\n\x0e\x41pproximations\x12\x18\n\x10lora_async_steps\x18\x01 \x01(\x05\x12\x18\n\x10stale_controlnet\x18\x02 \x01(\x08\x12\x18\n\x10\x61\x63tivation_cache\x18\x03 \x01(\x08\x12\x14\n\x0c\x63\x66g_parallel\x18\x04 \x01(\x08\"\xba\x06\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x04 \x01(\t\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12\x1b\n\x13num_inference_steps\x18\x07 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x08 \x01(\x02\x12\x1a\n\x12has_guidance_scale\x18\t \x01(\x08\x12\x0c\n\x04seed\x18\n \x01(\x04\x12\x32\n\x0b\x63ontrolnets\x18\x0b \x03(\x0b\x32\x1d.diffusion.v1.ControlNetInput\x12&\n\x05loras\x18\x0c \x03(\x0b\x32\x17.diffusion.v1.LoraInput\x12\'\n\x05image\x18\r \x01(\x0b\x32\x18.diffusion.v1.ImageInput\x12&\n\x04mask\x18\x0e \x01(\x0b\x32\x18.diffusion.v1.ImageInput\x12\x10\n\x08strength\x18\x0f \x01(\x01\x12\x0f\n\x07preview\x18\x10 \x01(\x08\x12\x34\n\x0e\x61pproximations\x18\x11 \x01(\x0b\x32\x1c.diffusion.v1.Approximations\x12\x13\n\x0btemplate_id\x18\x12 \x01(\t\x12\x15\n\rreturn_pixels\x18\x13 \x01(\x08\x12\x11\n\tscheduler\x18\x14 \x01(\t\x12\x17\n\nnum_images\x18\x15 \x01(\rH\x00\x88\x01\x01\x12\x31\n\x0bip_adapters\x18\x16 \x03(\x0b\x32\x1c.diffusion.v1.IpAdapterInput\x12\x13\n\x0bworkflow_id\x18\x17 \x01(\t\x12\x39\n\x06inputs\x18\x18 \x03(\x0b\x32).diffusion.v1.GenerateRequest.InputsEntry\x12\x10\n\x08priority\x18\x19 \x01(\x05\x12\x0f\n\x07quality\x18\x1a \x01(\t\x1aJ\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.diffusion.v1.WorkflowValue:\x02\x38\x01\x42\r\n\x0b_num_images\"\x1a\n\x06Queued\x12\x10\n\x08position\x18\x01 \x01(\r\"X\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12)\n\x07preview\x18\x03 \x01(\x0b\x32\x18.diffusion.v1.ImageInput\"\x80\x01\n\x0eGeneratedImage\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.diffusion.v1.ImageInput\x12\'\n\x06pixels\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x0e\n\x06output\x18\x04 \x01(\t\"\x93\x02\n\x0eGenerateResult\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.diffusion.v1.ImageInput\x12\'\n\x06pixels\x18\x02 \x01(\x0b\x32\x17.diffusion.v1.TensorRef\x12<\n\x08metadata\x18\x03 \x03(\x0b\x32*.diffusion.v1.GenerateResult.MetadataEntry\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12,\n\x06images\x18\x05 \x03(\x0b\x32\x1c.diffusion.v1.GeneratedImage\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\tErrorInfo\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"\xda\x01\n\rGenerateEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x06queued\x18\x02 \x01(\x0b\x32\x14.diffusion.v1.QueuedH\x00\x12*\n\x08progress\x18\x03 \x01(\x0b\x32\x16.diffusion.v1.ProgressH\x00\x12.\n\x06result\x18\x04 \x01(\x0b\x32\x1c.diffusion.v1.GenerateResultH\x00\x12(\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x17.diffusion.v1.ErrorInfoH\x00\x42\x07\n\x05\x65vent\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\'\n\x11GetRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xcc\x01\n\x12GetRequestResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.diffusion.v1.RequestState\x12\x0c\n\x04step\x18\x03 \x01(\r\x12\x13\n\x0btotal_steps\x18\x04 \x01(\r\x12,\n\x06result\x18\x05 \x01(\x0b\x32\x1c.diffusion.v1.GenerateResult\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x17.diffusion.v1.ErrorInfo\"\'\n\x11ListModelsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xb5\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x15\n\rdefault_width\x18\x03 \x01(\r\x12\x16\n\x0e\x64\x65\x66\x61ult_height\x18\x04 \x01(\r\x12\x12\n\nschedulers\x18\x05 \x03(\t\x12\x19\n\x11\x64\x65\x66\x61ult_scheduler\x18\x06 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x07 \x01(\t\x12\x0e\n\x06\x61\x64\x64ons\x18\x08 \x03(\t\x12\x0e\n\x06reason\x18\t \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.diffusion.v1.ModelInfo\"\xe5\x01\n\x17RegisterTemplateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\'\n\x05image\x18\x03 \x01(\x0b\x32\x18.diffusion.v1.ImageInput\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12\x0f\n\x07warm_up\x18\x05 \x01(\x08\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x1b\n\x13num_inference_steps\x18\x07 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x08 \x01(\x02\x12\x1a\n\x12has_guidance_scale\x18\t \x01(\x08\"D\n\x18RegisterTemplateResponse\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61\x63he_bytes\x18\x02 \x01(\x04*\xb6\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14REQUEST_STATE_QUEUED\x10\x01\x12\x19\n\x15REQUEST_STATE_RUNNING\x10\x02\x12\x1b\n\x17REQUEST_STATE_SUCCEEDED\x10\x03\x12\x18\n\x14REQUEST_STATE_FAILED\x10\x04\x12\x1b\n\x17REQUEST_STATE_CANCELLED\x10\x05\x32\x8b\x06\n\x07Gateway\x12H\n\x08Generate\x12\x1d.diffusion.v1.GenerateRequest\x1a\x1b.diffusion.v1.GenerateEvent0\x01\x12\x43\n\x06\x43\x61ncel\x12\x1b.diffusion.v1.CancelRequest\x1a\x1c.diffusion.v1.CancelResponse\x12O\n\nGetRequest\x12\x1f.diffusion.v1.GetRequestRequest\x1a .diffusion.v1.GetRequestResponse\x12O\n\nListModels\x12\x1f.diffusion.v1.ListModelsRequest\x1a .diffusion.v1.ListModelsResponse\x12\x61\n\x10RegisterTemplate\x12%.diffusion.v1.RegisterTemplateRequest\x1a&.diffusion.v1.RegisterTemplateResponse\x12\x61\n\x10RegisterWorkflow\x12%.diffusion.v1.RegisterWorkflowRequest\x1a&.diffusion.v1.RegisterWorkflowResponse\x12X\n\rListWorkflows\x12\".diffusion.v1.ListWorkflowsRequest\x1a#.diffusion.v1.ListWorkflowsResponse\x12R\n\x0bGetWorkflow\x12 .diffusion.v1.GetWorkflowRequest\x1a!.diffusion.v1.GetWorkflowResponse\x12[\n\x0eImportWorkflow\x12#.diffusion.v1.ImportWorkflowRequest\x1a$.diffusion.v1.ImportWorkflowResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST_INPUTSENTRY']._serialized_options = b'8\001'
   _globals['_GENERATERESULT_METADATAENTRY']._loaded_options = None
   _globals['_GENERATERESULT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_REQUESTSTATE']._serialized_start=3115
-  _globals['_REQUESTSTATE']._serialized_end=3297
+  _globals['_REQUESTSTATE']._serialized_start=3132
+  _globals['_REQUESTSTATE']._serialized_end=3314
   _globals['_IMAGEINPUT']._serialized_start=100
   _globals['_IMAGEINPUT']._serialized_end=126
   _globals['_CONTROLNETINPUT']._serialized_start=129
@@ -50,41 +50,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPROXIMATIONS']._serialized_start=465
   _globals['_APPROXIMATIONS']._serialized_end=581
   _globals['_GENERATEREQUEST']._serialized_start=584
-  _globals['_GENERATEREQUEST']._serialized_end=1393
-  _globals['_GENERATEREQUEST_INPUTSENTRY']._serialized_start=1304
-  _globals['_GENERATEREQUEST_INPUTSENTRY']._serialized_end=1378
-  _globals['_QUEUED']._serialized_start=1395
-  _globals['_QUEUED']._serialized_end=1421
-  _globals['_PROGRESS']._serialized_start=1423
-  _globals['_PROGRESS']._serialized_end=1511
-  _globals['_GENERATEDIMAGE']._serialized_start=1514
-  _globals['_GENERATEDIMAGE']._serialized_end=1642
-  _globals['_GENERATERESULT']._serialized_start=1645
-  _globals['_GENERATERESULT']._serialized_end=1920
-  _globals['_GENERATERESULT_METADATAENTRY']._serialized_start=1873
-  _globals['_GENERATERESULT_METADATAENTRY']._serialized_end=1920
-  _globals['_ERRORINFO']._serialized_start=1922
-  _globals['_ERRORINFO']._serialized_end=1979
-  _globals['_GENERATEEVENT']._serialized_start=1982
-  _globals['_GENERATEEVENT']._serialized_end=2200
-  _globals['_CANCELREQUEST']._serialized_start=2202
-  _globals['_CANCELREQUEST']._serialized_end=2237
-  _globals['_CANCELRESPONSE']._serialized_start=2239
-  _globals['_CANCELRESPONSE']._serialized_end=2274
-  _globals['_GETREQUESTREQUEST']._serialized_start=2276
-  _globals['_GETREQUESTREQUEST']._serialized_end=2315
-  _globals['_GETREQUESTRESPONSE']._serialized_start=2318
-  _globals['_GETREQUESTRESPONSE']._serialized_end=2522
-  _globals['_LISTMODELSREQUEST']._serialized_start=2524
-  _globals['_LISTMODELSREQUEST']._serialized_end=2563
-  _globals['_MODELINFO']._serialized_start=2566
-  _globals['_MODELINFO']._serialized_end=2747
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2749
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2810
-  _globals['_REGISTERTEMPLATEREQUEST']._serialized_start=2813
-  _globals['_REGISTERTEMPLATEREQUEST']._serialized_end=3042
-  _globals['_REGISTERTEMPLATERESPONSE']._serialized_start=3044
-  _globals['_REGISTERTEMPLATERESPONSE']._serialized_end=3112
-  _globals['_GATEWAY']._serialized_start=3300
-  _globals['_GATEWAY']._serialized_end=4079
+  _globals['_GENERATEREQUEST']._serialized_end=1410
+  _globals['_GENERATEREQUEST_INPUTSENTRY']._serialized_start=1321
+  _globals['_GENERATEREQUEST_INPUTSENTRY']._serialized_end=1395
+  _globals['_QUEUED']._serialized_start=1412
+  _globals['_QUEUED']._serialized_end=1438
+  _globals['_PROGRESS']._serialized_start=1440
+  _globals['_PROGRESS']._serialized_end=1528
+  _globals['_GENERATEDIMAGE']._serialized_start=1531
+  _globals['_GENERATEDIMAGE']._serialized_end=1659
+  _globals['_GENERATERESULT']._serialized_start=1662
+  _globals['_GENERATERESULT']._serialized_end=1937
+  _globals['_GENERATERESULT_METADATAENTRY']._serialized_start=1890
+  _globals['_GENERATERESULT_METADATAENTRY']._serialized_end=1937
+  _globals['_ERRORINFO']._serialized_start=1939
+  _globals['_ERRORINFO']._serialized_end=1996
+  _globals['_GENERATEEVENT']._serialized_start=1999
+  _globals['_GENERATEEVENT']._serialized_end=2217
+  _globals['_CANCELREQUEST']._serialized_start=2219
+  _globals['_CANCELREQUEST']._serialized_end=2254
+  _globals['_CANCELRESPONSE']._serialized_start=2256
+  _globals['_CANCELRESPONSE']._serialized_end=2291
+  _globals['_GETREQUESTREQUEST']._serialized_start=2293
+  _globals['_GETREQUESTREQUEST']._serialized_end=2332
+  _globals['_GETREQUESTRESPONSE']._serialized_start=2335
+  _globals['_GETREQUESTRESPONSE']._serialized_end=2539
+  _globals['_LISTMODELSREQUEST']._serialized_start=2541
+  _globals['_LISTMODELSREQUEST']._serialized_end=2580
+  _globals['_MODELINFO']._serialized_start=2583
+  _globals['_MODELINFO']._serialized_end=2764
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2766
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2827
+  _globals['_REGISTERTEMPLATEREQUEST']._serialized_start=2830
+  _globals['_REGISTERTEMPLATEREQUEST']._serialized_end=3059
+  _globals['_REGISTERTEMPLATERESPONSE']._serialized_start=3061
+  _globals['_REGISTERTEMPLATERESPONSE']._serialized_end=3129
+  _globals['_GATEWAY']._serialized_start=3317
+  _globals['_GATEWAY']._serialized_end=4096
 # @@protoc_insertion_point(module_scope)

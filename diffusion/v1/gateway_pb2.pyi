@@ -77,7 +77,7 @@ class Approximations(_message.Message):
     def __init__(self, lora_async_steps: _Optional[int] = ..., stale_controlnet: _Optional[bool] = ..., activation_cache: _Optional[bool] = ..., cfg_parallel: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "has_guidance_scale", "seed", "controlnets", "loras", "image", "mask", "strength", "preview", "approximations", "template_id", "return_pixels", "scheduler", "num_images", "ip_adapters", "workflow_id", "inputs", "priority")
+    __slots__ = ("request_id", "model", "prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "has_guidance_scale", "seed", "controlnets", "loras", "image", "mask", "strength", "preview", "approximations", "template_id", "return_pixels", "scheduler", "num_images", "ip_adapters", "workflow_id", "inputs", "priority", "quality")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class GenerateRequest(_message.Message):
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt: str
@@ -135,7 +136,8 @@ class GenerateRequest(_message.Message):
     workflow_id: str
     inputs: _containers.MessageMap[str, _workflow_pb2.WorkflowValue]
     priority: int
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., has_guidance_scale: _Optional[bool] = ..., seed: _Optional[int] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetInput, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[LoraInput, _Mapping]]] = ..., image: _Optional[_Union[ImageInput, _Mapping]] = ..., mask: _Optional[_Union[ImageInput, _Mapping]] = ..., strength: _Optional[float] = ..., preview: _Optional[bool] = ..., approximations: _Optional[_Union[Approximations, _Mapping]] = ..., template_id: _Optional[str] = ..., return_pixels: _Optional[bool] = ..., scheduler: _Optional[str] = ..., num_images: _Optional[int] = ..., ip_adapters: _Optional[_Iterable[_Union[IpAdapterInput, _Mapping]]] = ..., workflow_id: _Optional[str] = ..., inputs: _Optional[_Mapping[str, _workflow_pb2.WorkflowValue]] = ..., priority: _Optional[int] = ...) -> None: ...
+    quality: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., has_guidance_scale: _Optional[bool] = ..., seed: _Optional[int] = ..., controlnets: _Optional[_Iterable[_Union[ControlNetInput, _Mapping]]] = ..., loras: _Optional[_Iterable[_Union[LoraInput, _Mapping]]] = ..., image: _Optional[_Union[ImageInput, _Mapping]] = ..., mask: _Optional[_Union[ImageInput, _Mapping]] = ..., strength: _Optional[float] = ..., preview: _Optional[bool] = ..., approximations: _Optional[_Union[Approximations, _Mapping]] = ..., template_id: _Optional[str] = ..., return_pixels: _Optional[bool] = ..., scheduler: _Optional[str] = ..., num_images: _Optional[int] = ..., ip_adapters: _Optional[_Iterable[_Union[IpAdapterInput, _Mapping]]] = ..., workflow_id: _Optional[str] = ..., inputs: _Optional[_Mapping[str, _workflow_pb2.WorkflowValue]] = ..., priority: _Optional[int] = ..., quality: _Optional[str] = ...) -> None: ...
 
 class Queued(_message.Message):
     __slots__ = ("position",)

@@ -37,6 +37,9 @@ class Generation:
     num_images: int = 1
     return_pixels: bool = False
     priority: int = 0
+    quality: str = "full"         # full | fast | auto (services.gateway.tiers)
+    tier: str = "full"            # the tier it runs on
+    slim_model: str = ""          # auto: the slimmed tier placement may switch to
     attachments: list[Attachment] = field(default_factory=list)
     plan: Plan | None = None      # the workflow it runs (a plain request's: a built-in one)
 

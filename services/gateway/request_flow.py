@@ -27,9 +27,9 @@ from services.common.channels import ChannelPool
 from services.common.errors import Cancelled, ResourceExhausted, Unavailable, from_rpc_error
 from services.common.fleet_state import FleetState, ReplicaInfo
 from services.common.transport import TensorExporter, TensorImporter
-from services.gateway import images
+from services.gateway import images, tiers
 from services.gateway.attachments.base import AttachContext
-from services.gateway.cost_model import CostSettings, check_budget
+from services.gateway.cost_model import CostSettings, Estimate, check_budget
 from services.gateway.depth import DepthTracker
 from services.gateway.failover import Failover, roles_of, unavailable
 from services.gateway.generation import Generation
@@ -149,10 +149,18 @@ class RequestFlow:
         wait_s = self._wait_limit(deadline)
         pixels = gen.width * gen.height * gen.num_images
         check_budget(pixels * gen.steps, self.placer.costs)
-        chosen = self.placer.best_denoiser(
-            gen.model, gen.steps, [n for a in gen.attachments for n in a.resident()],
-            pixels * 4 * 2, wait_s, pixels=pixels)
+        def best(model: str) -> Estimate:
+            return self.placer.best_denoiser(
+                model, gen.steps, [n for a in gen.attachments for n in a.resident()],
+                pixels * 4 * 2, wait_s, pixels=pixels)
+        chosen = best(gen.model)
         graph_ms = self.executor.costs.graph_ms(run_nodes(gen))
+        left = None if deadline is None else deadline - time.monotonic()
+        if gen.slim_model and tiers.misses(chosen.total_ms + graph_ms, left):
+            slim = best(gen.slim_model)   # quality auto: the slimmed tier, if it would make it
+            if not tiers.misses(slim.total_ms + graph_ms, left):
+                tiers.use_slim(gen, gen.slim_model)
+                chosen = slim
         needed_s = (chosen.total_ms + graph_ms) / 1e3
         if deadline is not None and needed_s > deadline - time.monotonic():
             raise ResourceExhausted(
@@ -220,7 +228,7 @@ class RequestFlow:
     def _metadata(self, gen: Generation, place: Placement, result: denoiser_pb2.DenoiseResult,
                   started: float) -> dict[str, str]:
         metadata = {
-            "workflow": gen.kind, "model": gen.model, "seed": str(gen.seed),
+            "workflow": gen.kind, "model": gen.model, "tier": gen.tier, "seed": str(gen.seed),
             "steps": str(result.steps), "width": str(gen.width), "height": str(gen.height),
             "scheduler": gen.scheduler, "num_images": str(gen.num_images),
             "denoiser": place.denoiser.replica_id,

@@ -14,7 +14,7 @@ from diffusion.v1 import gateway_pb2
 from services.common.errors import InvalidArgument
 from services.common.families import Family
 from services.common.model_store import ModelStore
-from services.gateway import images
+from services.gateway import images, tiers
 from services.gateway.attachments import AttachmentKinds
 from services.gateway.generation import Generation
 from services.gateway.settings import GatewaySettings
@@ -128,4 +128,5 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore, limits: Gatewa
         else:
             gen.init_image = init
     gen.attachments = attachments.validate(req, gen, store, limits)
+    tiers.apply(req.quality, gen, store)
     return gen
