@@ -66,7 +66,7 @@ chart-check: setup
 
 # The shapes model: train every stage (resumes from build/shapes-train), evaluate, benchmark.
 train-shapes: setup
-	nice -n 10 $(PY) -m training train --seed 0 --out $(DEMO_MODELS)
+	nice -n 10 $(PY) -m training train --seed 0 --threads 2 --out $(DEMO_MODELS)
 
 eval-shapes: setup
 	$(PY) -m training evaluate --models $(DEMO_MODELS)

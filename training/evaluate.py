@@ -13,7 +13,9 @@ process, and reads each image (:mod:`training.pixels`, the shape by
     inpainting    a box of another scene's image repainted to the caption's shape
 
 The same reading of the data set's own images (``reference``) is the ceiling
-the reader allows. Prints a table, writes JSON.
+the reader allows; of those images encoded and decoded by the model's VAE
+(``vae-roundtrip``), the ceiling its 8x8 latents allow. Prints a table, writes
+JSON.
 
     python -m training.evaluate [--models assets/shapes-models] [--count 50]
 """
@@ -37,7 +39,7 @@ from training import pixels, shapes
 from training.export import BASE, CONTROLNET, INPAINTING, LORAS
 from training.shape_classifier import trained as shape_classifier
 
-WORKFLOWS = ("reference", "txt2img", "controlnet", "lora-outlined", "lora-striped",
+WORKFLOWS = ("reference", "vae-roundtrip", "txt2img", "controlnet", "lora-outlined", "lora-striped",
              "inpainting")
 LOAD = dict(local_files_only=True, safety_checker=None, requires_safety_checker=False,
             dtype=torch.float32)
@@ -137,6 +139,8 @@ def run_workflow(renderer: Renderer, workflow: str, cases: list[Case]) -> dict[s
     if workflow == "reference":
         return mean_scores([score(np.asarray(shapes.render(c.scene, side)), c.scene)
                             for c in cases])
+    if workflow == "vae-roundtrip":
+        return _scores(_roundtrip(renderer, cases), cases)
     if workflow == "txt2img":
         images = renderer.render("txt2img", cases, height=side, width=side)
         return _scores(images, cases)
@@ -151,6 +155,16 @@ def run_workflow(renderer: Renderer, workflow: str, cases: list[Case]) -> dict[s
     if workflow == "inpainting":
         return _inpainting(renderer, cases)
     raise ValueError(f"unknown workflow {workflow!r}; workflows: {', '.join(WORKFLOWS)}")
+
+
+def _roundtrip(renderer: Renderer, cases: list[Case]) -> list[np.ndarray]:
+    vae = renderer.pipe("txt2img").vae
+    side = shapes.IMAGE_SIZE
+    images = np.stack([np.asarray(shapes.render(c.scene, side)) for c in cases])
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(batch).latent_dist.mean).sample
+    return list(((decoded.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy())
 
 
 def _lora(renderer: Renderer, style: str, cases: list[Case]) -> dict[str, Any]:
