@@ -127,10 +127,10 @@ def quick_tree(tmp_path_factory):
 
 def test_exported_tree_is_what_the_fleet_and_diffusers_read(quick_tree):
     import diffusers
-    from safetensors import safe_open
 
+    from services.common.lora_merge import LoraPatcher
     from services.common.model_store import ModelStore
-    from services.denoiser.lora_patch import LoraPatcher, parse_lora
+    from services.denoiser.offline import read_lora_layers
 
     store = ModelStore(quick_tree)
     kinds = {e.name: e.kind for e in store.entries()}
@@ -140,8 +140,7 @@ def test_exported_tree_is_what_the_fleet_and_diffusers_read(quick_tree):
     unet = store.load_unet("shapes-sd")
     assert unet.dtype == torch.float32
     assert store.load_unet("shapes-sd-inpainting").config.in_channels == 9
-    with safe_open(str(store.lora_path("shapes-striped")), framework="pt") as f:
-        layers = parse_lora({k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata()))
+    layers = read_lora_layers(store, ["shapes-striped"])["shapes-striped"]
     LoraPatcher(unet).check("shapes-striped", layers)
     assert any(".conv1" in name for name in layers)
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(
@@ -174,3 +173,18 @@ def test_slim_unet_keeps_the_full_one_at_full_width_and_narrows_consistently():
     low, _ = level_widths(full, 0.5)
     high, _ = level_widths(full, 0.95)
     assert all(a <= b and a % 8 == 0 for a, b in zip(low, high, strict=True))
+
+
+def test_the_shipped_weights_record_the_recipe_in_the_repository():
+    """The committed models folder was made by this repository's shipped recipe and seed (a
+    change of either needs new weights), and every stage ran to its last step."""
+    import json
+
+    from training.recipe import SHIPPED, STAGES
+
+    shipped = Path(__file__).resolve().parents[1] / "assets" / "shapes-models"
+    record = json.loads((shipped / "recipe.json").read_text())
+    assert record["seed"] == 0
+    assert record["recipe"] == json.loads(json.dumps(SHIPPED.to_dict()))
+    for stage in STAGES:
+        assert record["loss_curves"][stage][-1][0] == SHIPPED.steps[stage], stage

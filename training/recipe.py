@@ -29,8 +29,8 @@ class Recipe:
 
 SHIPPED = Recipe(
     name="shipped", sizes=architecture.SHIPPED,
-    steps={"text_encoder": 250, "vae": 1500, "unet": 2000, "inpainting": 500, "controlnet": 500,
-           "lora_outlined": 250, "lora_striped": 250},
+    steps={"text_encoder": 250, "vae": 1500, "unet": 2000, "inpainting": 150, "controlnet": 150,
+           "lora_outlined": 100, "lora_striped": 100},
     batch={"text_encoder": 64, "vae": 8, "unet": 32, "inpainting": 32, "controlnet": 32,
            "lora_outlined": 16, "lora_striped": 16},
 )
