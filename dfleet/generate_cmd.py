@@ -82,6 +82,8 @@ def add_generate_parser(sub: argparse._SubParsersAction,  # type: ignore[type-ar
     p.add_argument("--quality", choices=("full", "fast", "auto"), default=None,
                    help="full: the model asked for (default); fast: its slimmed tier; auto: "
                         "the slimmed tier when the full one would miss the deadline")
+    p.add_argument("--priority", type=int, default=0,
+                   help="-10..10; higher runs first where requests queue")
     p.set_defaults(func=cmd_generate)
 
 
@@ -162,7 +164,8 @@ def _generate(args: argparse.Namespace) -> int:
                   height=args.height, controlnets=args.controlnet, loras=args.lora,
                   image=args.image, mask=args.mask, strength=args.strength,
                   scheduler=args.scheduler, num_images=args.num_images,
-                  ip_adapters=args.ip_adapter, quality=args.quality)
+                  ip_adapters=args.ip_adapter, quality=args.quality,
+                  priority=args.priority)
     params = {k: v for k, v in params.items() if v not in (None, "", [])}
     try:
         with dfleet.Client(address, timeout=args.timeout) as client:

@@ -87,6 +87,33 @@ def test_generate_help_lists_defaults() -> None:
     assert "(default: out.png)" in text and "(default: 300.0)" in text
 
 
+# SDK parameters `dfleet generate` has no flag for, and why
+NOT_GENERATE_FLAGS = {
+    "preview": "previews are a stream; the command writes final images",
+    "return_pixels": "the command writes PNG files",
+    "request_id": "the gateway names the request",
+    "approximations": "set per fleet (DFLEET_* settings) for the command line",
+    "template_id": "template edits: dfleet register-template, then the SDK",
+    "workflow": "dfleet workflow run",
+    "inputs": "dfleet workflow run",
+}
+
+
+def test_generate_flags_cover_the_sdk_parameters() -> None:
+    import typing
+
+    from dfleet.inputs import GenerateParams
+
+    parser = dfleet.cli.build_parser()
+    generate = next(a for a in parser._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices["generate"]
+    flags = {a.dest for a in generate._actions}
+    renamed = {"controlnets": "controlnet", "loras": "lora", "ip_adapters": "ip_adapter"}
+    missing = {name for name in typing.get_type_hints(GenerateParams)
+               if renamed.get(name, name) not in flags} - set(NOT_GENERATE_FLAGS)
+    assert not missing, f"SDK parameters without a dfleet generate flag: {missing}"
+
+
 def test_loadgen_help_without_matplotlib() -> None:
     code = ("import sys; sys.modules['matplotlib'] = None\n"
             "from loadgen.cli import main\n"
