@@ -84,6 +84,8 @@ class GenerateBody(_Body):
     inputs: dict[str, int | float | str | ImageValueBody] = Field(
         {}, description="the workflow's inputs: text, numbers, or {\"image\": base64}")
     priority: int = Field(0, description="-10..10; higher runs first where requests queue")
+    quality: str = Field("", description="full (default), fast: the model's slimmed tier, or "
+                                         "auto: the slimmed tier when full would miss the deadline")
 
 
 class OpenAIImagesBody(_Body):
