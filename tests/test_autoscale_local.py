@@ -82,6 +82,7 @@ CONFIG = {"tick_s": 0.2, "defaults": {"target_depth_per_replica": 2, "tolerance"
     {"name": "vae", "role": "vae", "model": "tiny-sd", "min_replicas": 1, "max_replicas": 2}]}
 
 
+@pytest.mark.slow  # a burst and a lull of real processes
 def test_burst_starts_real_service_processes_and_the_lull_stops_them(
         redis_url: str, tmp_path: Path) -> None:
     fleet = FleetState(redis.Redis.from_url(redis_url))

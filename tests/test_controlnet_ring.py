@@ -216,7 +216,8 @@ def test_a_bad_step_is_invalid_argument_on_both_paths(tiny_models: Path,
                 link.close()
 
 
-@pytest.mark.parametrize("ring", [True, False], ids=["ring", "grpc"])
+@pytest.mark.parametrize("ring", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["ring", "grpc"])  # the gRPC path's thousand steps: -m slow
 def test_a_thousand_steps_leave_nothing_behind(tiny_models: Path, denoiser_side: DenoiserSide,
                                                ring: bool) -> None:
     cond, embeds, latents = _inputs(3)

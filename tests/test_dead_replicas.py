@@ -188,6 +188,7 @@ SIGNAL_PATTERNS = {
 }
 
 
+@pytest.mark.slow  # a minute of signals (pytest -m slow)
 def test_services_exit_cleanly_on_repeated_signals(tiny_models: Path, tmp_path: Path) -> None:
     started = {}
     for name in SIGNAL_PATTERNS:

@@ -78,6 +78,7 @@ def test_a_replica_killed_mid_request_is_replaced(failover_fleet: LocalFleet,
     assert result.metadata.get("re_placed") == role, result.metadata
 
 
+@pytest.mark.slow  # waits out the replica wait
 def test_no_replica_left_ends_unavailable_naming_the_role(tiny_models: Path,
                                                          tmp_path: Path) -> None:
     local = LocalFleet(str(tiny_models), state_dir=str(tmp_path), restart_crashed=False,
