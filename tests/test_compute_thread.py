@@ -56,3 +56,23 @@ def test_copy_host_takes_non_contiguous_sources() -> None:
     src = torch.arange(24, dtype=torch.float32).reshape(4, 6).t()
     dst = torch.empty(src.shape)
     assert torch.equal(copy_host(dst, src), src)
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_service_processes_let_waiting_openmp_threads_sleep(given: str | None,
+                                                            expected: str) -> None:
+    """A service process's OpenMP threads sleep while they wait (a user's policy wins):
+    the policy must be in the environment before torch loads, so it is read back from a
+    fresh interpreter that imports a service's modules the way ``python -m`` does."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = ("import services.denoiser.engine, os, torch; "
+            "print(os.environ['OMP_WAIT_POLICY'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert out.stdout.split()[-1] == expected
