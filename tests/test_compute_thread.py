@@ -58,21 +58,27 @@ def test_copy_host_takes_non_contiguous_sources() -> None:
     assert torch.equal(copy_host(dst, src), src)
 
 
-@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_service_processes_let_waiting_openmp_threads_sleep(given: str | None,
-                                                            expected: str) -> None:
-    """A service process's OpenMP threads sleep while they wait (a user's policy wins):
-    the policy must be in the environment before torch loads, so it is read back from a
-    fresh interpreter that imports a service's modules the way ``python -m`` does."""
+@pytest.mark.parametrize("given, expected", [
+    ({}, ("GOMP_SPINCOUNT", "10000")),
+    ({"GOMP_SPINCOUNT": "500"}, ("GOMP_SPINCOUNT", "500")),
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, ("GOMP_SPINCOUNT", None)),
+])
+def test_service_processes_spin_their_waiting_openmp_threads_briefly(
+        given: dict[str, str], expected: tuple[str, str | None]) -> None:
+    """A service process's waiting OpenMP threads spin briefly, then sleep (a user's
+    setting wins): OpenMP reads it before torch loads, so it is read back from a fresh
+    interpreter that imports a service's modules the way ``python -m`` does."""
+    import json
     import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if given is not None:
-        env["OMP_WAIT_POLICY"] = given
-    code = ("import services.denoiser.engine, os, torch; "
-            "print(os.environ['OMP_WAIT_POLICY'])")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=120, check=True)
-    assert out.stdout.split()[-1] == expected
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = ("import services.denoiser.engine, json, os, torch; "
+            "print(json.dumps(dict(os.environ)))")
+    out = subprocess.run([sys.executable, "-c", code], env={**env, **given},
+                         capture_output=True, text=True, timeout=120, check=True)
+    seen = json.loads(out.stdout.splitlines()[-1])
+    name, value = expected
+    assert seen.get(name) == value
