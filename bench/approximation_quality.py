@@ -66,6 +66,7 @@ class Subject:
     prompts: list[str]
     scenes: list[Any] | None = None  # what each prompt describes, for the evaluator
     styles: tuple[str, ...] = ()  # each LoRA's drawing style
+    guidance: float = 7.5
 
     def condition(self, i: int, size: int) -> torch.Tensor:
         if self.scenes is None:
@@ -88,12 +89,12 @@ def random_subject(count: int) -> Subject:
 
 
 def trained_subject(count: int) -> Subject:
-    from training.evaluate import held_out_cases
+    from training.evaluate import GUIDANCE, held_out_cases
     from training.export import BASE, CONTROLNET, LORAS
 
     cases = held_out_cases(count)
     return Subject(BASE, tuple(LORAS.values()), CONTROLNET, [c.prompt for c in cases],
-                   [c.scene for c in cases], tuple(LORAS))
+                   [c.scene for c in cases], tuple(LORAS), guidance=GUIDANCE)
 
 
 def accuracy(subject: Subject, i: int, image: np.ndarray, keys: tuple[str, ...],
@@ -144,10 +145,10 @@ def mean_of(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def job(model: str, embeds: tuple[torch.Tensor, torch.Tensor], seed: int, steps: int,
-        size: int, **extra: Any) -> DenoiseJob:
+        size: int, guidance: float, **extra: Any) -> DenoiseJob:
     return DenoiseJob(request_id=f"q-{seed}-{time.monotonic_ns()}", model=model,
                       prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], width=size,
-                      height=size, num_inference_steps=steps, guidance_scale=7.5, seed=seed,
+                      height=size, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
                       **extra)
 
 
@@ -164,7 +165,7 @@ def bal_rows(store: ModelStore, engine: DenoiserEngine, decode: Decoder, subject
             for k in BAL_BOUNDS:
                 loaded, on_step = join_at(layers, k)
                 final = run(engine, job(subject.model, embeds, 100 + i, steps,  # type: ignore[arg-type]
-                                        size, addons={"lora": LoraRequest(
+                                        size, subject.guidance, addons={"lora": LoraRequest(
                                             (LoraSpec(lora, 1.0, ""),))}),
                             loras=loaded, bound=k, on_step=on_step)
                 assert final.lora_step == k, (final.lora_step, k)
@@ -198,7 +199,8 @@ def stale_rows(store: ModelStore, engine: DenoiserEngine, decode: Decoder, subje
             link = LocalControlNetLink(controlnet, torch.cat([cond] * 2),
                                        torch.cat([embeds[1], embeds[0]]))
             final = run(engine, job(subject.model, embeds, 200 + i, steps,  # type: ignore[arg-type]
-                                    size, addons={"controlnet": ControlNetRequest((spec,), stale)}),
+                                    size, subject.guidance,
+                                    addons={"controlnet": ControlNetRequest((spec,), stale)}),
                         [link])
             outcomes.append((final.latents, decode(final.latents)))
         exact = accuracy(subject, i, outcomes[0][1], keys)
@@ -253,13 +255,15 @@ def main() -> int:
     finally:
         engine.stop()
     print_table(rows, f"quality against the exact image, {label} model ({models}), "
-                      f"{size}x{size}, {args.steps} steps, mean of {len(subject.prompts)} prompts")
+                      f"{size}x{size}, {args.steps} steps, guidance {subject.guidance:g}, "
+                      f"mean of {len(subject.prompts)} prompts")
     out = Path(args.out or "bench/results/approximation_quality"
                + ("_trained" if args.trained else "") + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     finite = [{k: ("inf" if v == float("inf") else v) for k, v in r.items()} for r in rows]
     out.write_text(json.dumps(dict(date=str(date.today()), model=label, models=str(models),
-                                   size=size, steps=args.steps, prompts=len(subject.prompts),
+                                   size=size, steps=args.steps, guidance=subject.guidance,
+                                   prompts=len(subject.prompts),
                                    rows=finite), indent=1))
     print(f"wrote {out}")
     return 0

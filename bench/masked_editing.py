@@ -221,15 +221,20 @@ def main_trained(args: argparse.Namespace, settings: EditSettings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--halo", type=int, default=1)
-    parser.add_argument("--dtype", default="float16")
-    parser.add_argument("--models", default="bench/results/models-small")
-    parser.add_argument("--out", default="bench/results/masked_editing.json")
-    parser.add_argument("--profile-out", default="bench/results/edit_cost_profile.json")
-    parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per row")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--halo", type=int, default=1,
+                        help="latent tokens around the mask recomputed too")
+    parser.add_argument("--dtype", default="float16", help="dtype of the cached activations")
+    parser.add_argument("--models", default="bench/results/models-small",
+                        help="model tree (written with the small preset when missing)")
+    parser.add_argument("--out", default="bench/results/masked_editing.json",
+                        help="JSON results file")
+    parser.add_argument("--profile-out", default="bench/results/edit_cost_profile.json",
+                        help="where the edit cost profile (for the gateway's estimate) goes")
+    parser.add_argument("--no-ablation", action="store_true",
+                        help="leave out the rows with one part of the technique off")
     parser.add_argument("--trained", default="", help="a trained shapes models folder "
                         "(assets/shapes-models): quality of cached edits over --templates")
     parser.add_argument("--templates", type=int, default=8, help="templates with --trained")

@@ -21,7 +21,6 @@ from datetime import date
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
@@ -38,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32, help="distillation batch")
     parser.add_argument("--count", type=int, default=50, help="held-out captions to evaluate")
     parser.add_argument("--runs", type=int, default=30, help="timed UNet calls per model")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the distillation and renders (step times: 1)")
     parser.add_argument("--work", default="build/shapes-slim", help="distillation checkpoints")
     parser.add_argument("--out", default="bench/results/slim_tiers.json", help="JSON report")
     args = parser.parse_args(argv)
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     for tau in (float(t) for t in args.taus.split(",")):
         slim, info, base = build(models, args.model, tau, Path(args.work), 0, args.steps,
                                  args.batch, quiet=True)
-        full, side = base[0], base[0].config.sample_size * 8
+        full, side = base[0], base[0].config.sample_size  # latent side
         times = {b: step_times(full, slim, side, full.config.cross_attention_dim, b, args.runs)
                  for b in (2, 8)}
         name = f"tau{tau:g}"
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"tau {tau}: {row}", file=sys.stderr, flush=True)
     print(f"\nslim tiers of {args.model}: distilled {args.steps} steps each; step = one UNet "
-          f"call, {args.threads} thread(s), median of {args.runs}, interleaved with the full "
+          f"call, 1 thread, median of {args.runs}, interleaved with the full "
           f"UNet; accuracy on {args.count} held-out captions")
     print("| tau | widths | parameters | step ms b2 (full) | speedup b2 | speedup b8 | colour "
           "(full) | shape (full) | SSIM to full |")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"date": date.today().isoformat(), "models": str(models),
                                "model": args.model, "steps": args.steps, "count": args.count,
-                               "threads": args.threads, "cpus": os.cpu_count(),
+                               "threads": args.threads, "step_threads": 1, "cpus": os.cpu_count(),
                                "load_average_end": list(os.getloadavg()), "rows": rows},
                               indent=1))
     print(f"wrote {out}")

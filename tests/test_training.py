@@ -159,9 +159,12 @@ def test_slim_unet_keeps_the_full_one_at_full_width_and_narrows_consistently():
 
     torch.manual_seed(0)
     full = architecture.unet(architecture.SHIPPED).eval()
-    sample, text = torch.randn(2, 4, 8, 8), torch.randn(2, 77, architecture.SHIPPED.text_hidden)
+    side = architecture.SHIPPED.latent_size
+    sample = torch.randn(2, 4, side, side)
+    text = torch.randn(2, 77, architecture.SHIPPED.text_hidden)
     same, _ = slim_unet(full, list(full.config.block_out_channels))
-    narrow, plan = slim_unet(full, [24, 48])
+    full_widths = list(full.config.block_out_channels)
+    narrow, plan = slim_unet(full, [w // 2 for w in full_widths])
     with torch.no_grad():
         expected = full(sample, 300, encoder_hidden_states=text).sample
         torch.testing.assert_close(same(sample, 300, encoder_hidden_states=text).sample,
@@ -169,7 +172,9 @@ def test_slim_unet_keeps_the_full_one_at_full_width_and_narrows_consistently():
         assert narrow(sample, 300, encoder_hidden_states=text).sample.shape == expected.shape
     narrow_count = sum(p.numel() for p in narrow.parameters())
     assert narrow_count < sum(p.numel() for p in full.parameters()) / 2
-    assert len(plan.stream[48]) == 24 and len(set(plan.stream[48].tolist())) == 24
+    middle = full_widths[1]
+    assert len(plan.stream[middle]) == middle // 2
+    assert len(set(plan.stream[middle].tolist())) == middle // 2
     low, _ = level_widths(full, 0.5)
     high, _ = level_widths(full, 0.95)
     assert all(a <= b and a % 8 == 0 for a, b in zip(low, high, strict=True))

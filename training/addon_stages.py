@@ -25,7 +25,7 @@ from training.diffusion_data import Frozen, noise_loss
 from training.loop import Stage, StageSpec, stage_generator
 from training.unet_stage import load_unet
 
-CONDITIONING_CHANNELS = (16, 32, 48, 64)
+CONDITIONING_CHANNELS = (16, 32, 48, 64)  # the first blocks: one halving per VAE halving
 CONTROLNET_CAPTION_DROP = 0.6
 LORA_RANK = 4
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
@@ -43,11 +43,12 @@ def train_controlnet(work: Path, frozen: Frozen, seed: int, steps: int, batch: i
 
     unet = load_unet(work)
     unet.requires_grad_(False)
+    conditioning = CONDITIONING_CHANNELS[:len(frozen.vae.config.block_out_channels)]
     controlnet = ControlNetModel.from_unet(
-        unet, conditioning_embedding_out_channels=CONDITIONING_CHANNELS).train()
+        unet, conditioning_embedding_out_channels=conditioning).train()
     schedule = architecture.training_noise_schedule()
     spec = StageSpec("controlnet", steps=steps, lr=5e-4, seed=seed, ema_decay=0.995,
-                     settings={"batch": batch, "conditioning": list(CONDITIONING_CHANNELS),
+                     settings={"batch": batch, "conditioning": list(conditioning),
                                "caption_drop": CONTROLNET_CAPTION_DROP}, warmup=20)
 
     def loss_at(step: int) -> torch.Tensor:

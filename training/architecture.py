@@ -18,7 +18,7 @@ from services.common.tiny_model import BOS, EOS, _tokenizer, byte_vocab
 
 @dataclass(frozen=True)
 class ModelSizes:
-    image_size: int  # pixels; latents are 8x smaller
+    image_size: int  # pixels; latents are ``latent_factor`` times smaller
     text_hidden: int
     text_layers: int
     vae_channels: tuple[int, ...]
@@ -32,13 +32,29 @@ class ModelSizes:
     # shapes' hues merged, or, pushed apart, the backgrounds drifted). Hence 2 groups of
     # 16 channels at full resolution (vae_channels[0]).
     vae_norm_groups: int = 2
+    # Which UNet levels (highest resolution first) have cross-attention; the mid block
+    # always has it. Self-attention over a 16x16 latent costs more than the rest of the
+    # level on a CPU, so the shipped UNet attends from its 8x8 level.
+    unet_cross_attention: tuple[bool, ...] = (True, False)
+
+    @property
+    def latent_factor(self) -> int:
+        """Pixels per latent: each VAE block after the first halves the side."""
+        return 2 ** (len(self.vae_channels) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.latent_factor
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+# 64x64 images, 16x16x4 latents (a 4x VAE: 8x8 latents left a small star two latent
+# pixels wide, and the VAE's own round trip read the right shape two times in three).
 SHIPPED = ModelSizes(image_size=64, text_hidden=64, text_layers=3,
-                     vae_channels=(16, 16, 32, 32), unet_channels=(48, 96), unet_heads=4)
+                     vae_channels=(16, 32, 32), unet_channels=(32, 64, 96), unet_heads=4,
+                     unet_cross_attention=(False, True, False))
 QUICK = ModelSizes(image_size=32, text_hidden=32, text_layers=1,
                    vae_channels=(8, 8, 8, 8), unet_channels=(16, 32), unet_heads=4)
 
@@ -79,11 +95,13 @@ def vae(sizes: ModelSizes):  # type: ignore[no-untyped-def]
 
 
 def unet_config(sizes: ModelSizes, in_channels: int = 4) -> dict[str, Any]:
-    """Cross-attention at the first (highest-resolution) level and in the mid block."""
-    levels = len(sizes.unet_channels)
-    down = ("CrossAttnDownBlock2D",) + ("DownBlock2D",) * (levels - 1)
+    """Cross-attention at the levels ``sizes.unet_cross_attention`` names and in the mid block."""
+    if len(sizes.unet_cross_attention) != len(sizes.unet_channels):
+        raise ValueError("unet_cross_attention needs one entry per UNet level")
+    down = tuple("CrossAttnDownBlock2D" if cross else "DownBlock2D"
+                 for cross in sizes.unet_cross_attention)
     return dict(
-        sample_size=sizes.image_size // 8, in_channels=in_channels, out_channels=4,
+        sample_size=sizes.latent_size, in_channels=in_channels, out_channels=4,
         block_out_channels=tuple(sizes.unet_channels), layers_per_block=1,
         down_block_types=down, up_block_types=tuple(d.replace("Down", "Up") for d in down[::-1]),
         cross_attention_dim=sizes.text_hidden, attention_head_dim=sizes.unet_heads,

@@ -42,7 +42,7 @@ BACKGROUNDS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {  #
 STYLES = ("plain", "outlined", "striped")
 GRID = (0.26, 0.5, 0.74)  # centre of a grid cell, as a fraction of the side
 OUTLINE_PX = 3  # at 64 px
-STRIPE_PX = 4  # stripes and gaps, each this many rows at 64 px: one pair per 8-px latent
+STRIPE_PX = 4  # stripes and gaps, each this many rows at 64 px
 HELD_OUT_FRACTION = 0.1
 HELD_OUT_SEED = 15  # fixed: the held-out combinations do not depend on a training seed
 

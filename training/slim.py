@@ -103,11 +103,23 @@ def distill(teacher: torch.nn.Module, student: torch.nn.Module, plan: ChannelPla
     return stage
 
 
-def step_times(full: torch.nn.Module, slim: torch.nn.Module, side: int, text_dim: int,
-               batch: int = 2, runs: int = 30) -> dict[str, float]:
+def step_times(full: torch.nn.Module, slim: torch.nn.Module, latent_side: int, text_dim: int,
+               batch: int = 2, runs: int = 30, threads: int = 1) -> dict[str, float]:
     """Median ms of one UNet call (``batch`` rows: one request with CFG by default), the two
-    models interleaved call by call in this process."""
-    latents = torch.randn(batch, 4, side // 8, side // 8,
+    models interleaved call by call in this process, on ``threads`` torch threads (one by
+    default, as a CPU fleet runs each denoiser replica; a team of OpenMP threads adds a
+    fixed cost to each of the UNet's many small operations, which hides the difference)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _step_times(full, slim, latent_side, text_dim, batch, runs)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _step_times(full: torch.nn.Module, slim: torch.nn.Module, latent_side: int, text_dim: int,
+                batch: int, runs: int) -> dict[str, float]:
+    latents = torch.randn(batch, full.config.in_channels, latent_side, latent_side,
                           generator=torch.Generator().manual_seed(0))
     text = torch.randn(batch, 77, text_dim, generator=torch.Generator().manual_seed(1))
     times: dict[str, list[float]] = {"full": [], "slim": []}
@@ -138,7 +150,8 @@ def build(models: Path, model: str, tau: float, work: Path, seed: int, steps: in
     widths = widths or chosen
     torch.manual_seed(seed)
     slim, plan = slim_unet(full, widths)
-    frozen = Frozen(vae, tokenizer, encoder, side=full.config.sample_size * 8)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)  # pixels per latent
+    frozen = Frozen(vae, tokenizer, encoder, side=full.config.sample_size * factor)
     name = f"slim_tau{tau:g}_" + "-".join(map(str, widths))
     stage = distill(full, slim, plan, frozen, work, seed, steps, batch, name, quiet)
     info = {"tau": tau, "block_out_channels": widths, "pca_widths": chosen,
@@ -212,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     slim, info, base = build(models, args.model, args.tau, Path(args.work), args.seed,
                              args.steps, args.batch, widths)
     full = base[0]
-    info["step_time"] = step_times(full, slim, full.config.sample_size * 8,
+    # one request with CFG (2 rows), and 4 of them batched, as the fleet batches under load
+    info["step_time"] = step_times(full, slim, full.config.sample_size,
                                    full.config.cross_attention_dim)
+    info["step_time_batch8"] = step_times(full, slim, full.config.sample_size,
+                                          full.config.cross_attention_dim, batch=8)
     info["tier"] = "fast"
     info["base_model"] = args.model
     info["command"] = "python -m training slim " + " ".join(shlex.quote(a) for a in
@@ -224,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                               render(models, folder.name, args.count))
     (folder / "tier.json").write_text(json.dumps(info, indent=1))
     print(json.dumps({k: info[k] for k in ("tau", "block_out_channels", "parameters",
-                                           "base_parameters", "step_time", "quality")},
+                                           "base_parameters", "step_time", "step_time_batch8",
+                                           "quality")},
                      indent=1))
     print(f"wrote {folder}")
     return 0

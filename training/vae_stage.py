@@ -1,4 +1,4 @@
-"""Stage 2: the VAE (8x down, 4 latent channels, as SD1.5's).
+"""Stage 2: the VAE (4 latent channels as SD1.5's; the side shrinks by 2 per block after the first).
 
 Trained on images of every style (plain, outlined, striped) so the LoRAs'
 styles can be decoded too, with a reconstruction loss (L1 + squared error,
