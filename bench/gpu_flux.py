@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import torch
+from gpu_timing import median_of, sync, timed_pipeline_call  # this folder, on the path
 
 from services.common.families import FAMILIES
 from services.common.lora_files import ModelLayout, convert, denoiser_layers, unpack
@@ -137,11 +136,6 @@ class Inputs:
         self.embeds = torch.randn(1, 512, width, generator=g)
         self.pooled = torch.randn(1, pooled, generator=g)
         self.cond = torch.rand(1, 3, size, size, generator=g) * 2 - 1
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 class Ours:
@@ -262,34 +256,8 @@ class Diffusers:
             generator=torch.Generator().manual_seed(0), output_type="pt")
         if controlnet:
             kwargs["control_image"] = x.cond.to(self.device, dtype)
-        marks: list[float] = []
-
-        def on_step(p: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            sync(self.device)
-            marks.append(time.perf_counter())
-            return tensors
-        sync(self.device)
-        start = time.perf_counter()
-        if lora_path is not None:
-            pipe.load_lora_weights(str(lora_path), adapter_name=lora_path.stem)
-            pipe.fuse_lora()
-        with torch.inference_mode():
-            self.last_image = pipe(callback_on_step_end=on_step, **kwargs).images
-        if lora_path is not None:
-            pipe.unfuse_lora()
-            pipe.unload_lora_weights()
-        sync(self.device)
-        end = time.perf_counter()
-        step = (marks[-1] - marks[0]) / max(1, len(marks) - 1)
-        return {"end_to_end_ms": (end - start) * 1e3, "step_ms": step * 1e3}
-
-
-def median_of(run_once: Callable[[], dict[str, float]], runs: int) -> dict[str, Any]:
-    results = [run_once() for _ in range(runs + 1)][1:]
-    out: dict[str, Any] = {k: round(statistics.median(r[k] for r in results), 1)
-                           for k in results[0]}
-    out["end_to_end_runs_ms"] = [round(r["end_to_end_ms"], 1) for r in results]
-    return out
+        self.last_image, times = timed_pipeline_call(pipe, kwargs, lora_path, self.device)
+        return times
 
 
 def run_flux(args: argparse.Namespace) -> int:

@@ -30,11 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from gpu_timing import median_of, sync, timed_pipeline_call  # noqa: E402  (this folder)
 
 from services.common.families import FAMILIES  # noqa: E402
 from services.common.lora_files import (  # noqa: E402
@@ -175,11 +174,6 @@ class Inputs:
         self.cond = torch.rand(1, 3, size, size, generator=g)
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 class Ours:
     def __init__(self, models: dict[str, Any], device: str, dtype: torch.dtype, graphs: bool,
                  lora_store: ModelStore) -> None:
@@ -286,34 +280,8 @@ class Diffusers:
             generator=torch.Generator().manual_seed(0), output_type="pt")
         if controlnet:
             kwargs["image"] = x.cond
-        marks: list[float] = []
-
-        def on_step(p: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            sync(self.device)
-            marks.append(time.perf_counter())
-            return tensors
-        sync(self.device)
-        start = time.perf_counter()
-        if lora_path is not None:
-            pipe.load_lora_weights(str(lora_path), adapter_name=lora_path.stem)
-            pipe.fuse_lora()
-        with torch.inference_mode():
-            self.last_image = pipe(callback_on_step_end=on_step, **kwargs).images
-        if lora_path is not None:
-            pipe.unfuse_lora()
-            pipe.unload_lora_weights()
-        sync(self.device)
-        end = time.perf_counter()
-        step = (marks[-1] - marks[0]) / max(1, len(marks) - 1)
-        return {"end_to_end_ms": (end - start) * 1e3, "step_ms": step * 1e3}
-
-
-def median_of(run_once: Callable[[], dict[str, float]], runs: int) -> dict[str, Any]:
-    results = [run_once() for _ in range(runs + 1)][1:]
-    out: dict[str, Any] = {k: round(statistics.median(r[k] for r in results), 1)
-                           for k in results[0]}
-    out["end_to_end_runs_ms"] = [round(r["end_to_end_ms"], 1) for r in results]
-    return out
+        self.last_image, times = timed_pipeline_call(pipe, kwargs, lora_path, self.device)
+        return times
 
 
 def main() -> int:
@@ -326,13 +294,17 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
     parser.add_argument("--k", type=int, default=5, help="BAL bound of the BAL row")
     parser.add_argument("--rank", type=int, default=64, help="rank of the LoRA")
-    parser.add_argument("--device", default="cuda", help="torch device")
+    parser.add_argument("--device", default="cuda",
+                        help="torch device (cpu for a --tiny smoke run)")
     parser.add_argument("--tiny", action="store_true", help="toy widths: a smoke run on a CPU")
     parser.add_argument("--no-diffusers", action="store_true",
                         help="leave out the plain diffusers rows")
     parser.add_argument("--out", default="bench/results/gpu_workflow.json",
                         help="JSON results file (Flux: bench/results/gpu_flux.json)")
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this machine has no CUDA device "
+                     "(a smoke run on the CPU: --tiny --device cpu)")
     if args.family == "flux":
         from gpu_flux import run_flux  # this script's folder is on the path
 
