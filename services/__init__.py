@@ -7,9 +7,9 @@ next piece of work (by default 300,000 turns), and a spinning thread holds a
 core that a thread of the other process needs: two processes of two threads
 each on 2 cores took 2.1 s for a UNet call that takes 13 ms alone, and a
 ControlNet request through the fleet took 2.7-2.8x the time of the same
-request in one diffusers process (1.45-1.85x without the spinning). Threads
-that never spin (``OMP_WAIT_POLICY=PASSIVE``) cost a wake-up on each of the
-UNet's many small operations instead: text to image took 1.9x.
+request in one diffusers process (1.7-1.85x with the brief spin below).
+Threads that never spin (``OMP_WAIT_POLICY=PASSIVE``) cost a wake-up on each
+of the UNet's many small operations instead: text to image took 1.9x.
 
 So every service process spins its waiting threads briefly
 (``GOMP_SPINCOUNT``, ``SPIN_TURNS``), long enough for the next operation of the
