@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from training.evaluate import GUIDANCE  # noqa: E402
 from training.slim import build, quality, render, step_times, write_tier  # noqa: E402
 
 
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--taus", default="0.7,0.8,0.9,0.95", help="comma-separated")
     parser.add_argument("--steps", type=int, default=400, help="distillation steps per tau")
     parser.add_argument("--batch", type=int, default=32, help="distillation batch")
+    parser.add_argument("--guidance", type=float, default=GUIDANCE,
+                        help="distil the guided prediction at this scale too (0: noise and "
+                        "features only); as `python -m training slim --guidance`")
     parser.add_argument("--count", type=int, default=50, help="held-out captions to evaluate")
     parser.add_argument("--runs", type=int, default=30, help="timed UNet calls per model")
     parser.add_argument("--threads", type=int, default=1,
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for tau in (float(t) for t in args.taus.split(",")):
         slim, info, base = build(models, args.model, tau, Path(args.work), 0, args.steps,
-                                 args.batch, quiet=True)
+                                 args.batch, guidance=args.guidance, quiet=True)
         full, side = base[0], base[0].config.sample_size  # latent side
         times = {b: step_times(full, slim, side, full.config.cross_attention_dim, b, args.runs)
                  for b in (2, 8)}
@@ -61,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                **quality(full_images, render(scratch, name, args.count))}
         rows.append(row)
         print(f"tau {tau}: {row}", file=sys.stderr, flush=True)
-    print(f"\nslim tiers of {args.model}: distilled {args.steps} steps each; step = one UNet "
+    print(f"\nslim tiers of {args.model}: distilled {args.steps} steps each (guided loss at "
+          f"{args.guidance:g}); step = one UNet "
           f"call, 1 thread, median of {args.runs}, interleaved with the full "
           f"UNet; accuracy on {args.count} held-out captions")
     print("| tau | widths | parameters | step ms b2 (full) | speedup b2 | speedup b8 | colour "
@@ -76,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"date": date.today().isoformat(), "models": str(models),
-                               "model": args.model, "steps": args.steps, "count": args.count,
+                               "model": args.model, "steps": args.steps, "guidance": args.guidance,
+                               "count": args.count,
                                "threads": args.threads, "step_threads": 1, "cpus": os.cpu_count(),
                                "load_average_end": list(os.getloadavg()), "rows": rows},
                               indent=1))

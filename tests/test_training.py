@@ -180,6 +180,47 @@ def test_slim_unet_keeps_the_full_one_at_full_width_and_narrows_consistently():
     assert all(a <= b and a % 8 == 0 for a, b in zip(low, high, strict=True))
 
 
+def test_guided_prediction_is_the_empty_half_plus_guidance_times_the_difference():
+    from training.slim import guided
+
+    captioned, empty = torch.full((2, 4, 2, 2), 3.0), torch.full((2, 4, 2, 2), 1.0)
+    together = torch.cat([captioned, empty])
+    torch.testing.assert_close(guided(together, 3.0), torch.full((2, 4, 2, 2), 7.0))
+    torch.testing.assert_close(guided(together, 1.0), captioned)
+
+
+def test_slim_command_writes_a_tier_folder_the_fleet_and_diffusers_read(quick_tree, tmp_path):
+    """`python -m training slim` on a trained tree: PCA widths, distillation with the guided
+    loss, a `<model>-slim` pipeline folder whose tier.json says what it is and what was
+    measured; the model store sees it as the slim tier of the full model."""
+    import json
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+
+    from services.common.model_store import ModelStore
+    from services.gateway import tiers
+    from training import slim
+
+    models = tmp_path / "models"
+    shutil.copytree(quick_tree, models)
+    assert slim.main(["--models", str(models), "--tau", "0.8", "--steps", "3", "--batch", "2",
+                      "--count", "2", "--work", str(tmp_path / "work")]) == 0
+    info = json.loads((models / "shapes-sd-slim" / "tier.json").read_text())
+    assert info["tier"] == "fast" and info["base_model"] == "shapes-sd"
+    assert info["distill"]["steps"] == 3 and info["distill"]["guidance"] == 3.0
+    assert info["parameters"] <= info["base_parameters"]
+    assert info["step_time"]["batch"] == 2 and info["step_time_batch8"]["batch"] == 8
+    assert info["quality"]["count"] == 2 and 0 <= info["quality"]["ssim_to_full"] <= 1
+    pipe = StableDiffusionPipeline.from_pretrained(
+        models / "shapes-sd-slim", local_files_only=True, safety_checker=None,
+        requires_safety_checker=False)
+    assert list(pipe.unet.config.block_out_channels) == info["block_out_channels"]
+    assert tiers.slim_tier_of(ModelStore(models), "shapes-sd") == "shapes-sd-slim"
+    with pytest.raises(SystemExit):
+        slim.main(["--models", str(models), "--guidance", "-1"])
+
+
 def test_the_shipped_weights_record_the_recipe_in_the_repository():
     """The committed models folder was made by this repository's shipped recipe and seed (a
     change of either needs new weights), and every stage ran to its last step."""

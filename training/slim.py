@@ -31,6 +31,7 @@ import torch
 
 from training import architecture, filter_pca
 from training.diffusion_data import Frozen, noisy_input
+from training.evaluate import GUIDANCE
 from training.export import BASE, save_pipeline
 from training.loop import Stage, StageSpec, stage_generator
 from training.slim_unet import ChannelPlan, slim_unet
@@ -72,27 +73,43 @@ class BlockOutputs:
 
 def distill(teacher: torch.nn.Module, student: torch.nn.Module, plan: ChannelPlan,
             frozen: Frozen, work: Path, seed: int, steps: int, batch: int, name: str,
-            quiet: bool = False) -> Stage:
+            guidance: float = 0.0, quiet: bool = False) -> Stage:
+    """Trains ``student`` to predict what ``teacher`` predicts: the noise (output loss) and the
+    block outputs on the kept channels (feature loss). With ``guidance`` above 0 each batch
+    also runs with the empty caption, and the output loss is on the classifier-free-guided
+    prediction at that scale as well: the difference between captioned and empty predictions
+    carries colour and shape, it is multiplied by the guidance when sampling, and on its own
+    it is too small a part of the plain noise loss for the student to learn it closely."""
     schedule = architecture.training_noise_schedule()
     teacher_blocks, student_blocks = BlockOutputs(teacher), BlockOutputs(student)
     student.train()
+    settings: dict[str, Any] = {"batch": batch, "widths": list(student.config.block_out_channels),
+                                "feature_weight": FEATURE_WEIGHT}
+    if guidance:
+        settings["guidance"] = guidance
     spec = StageSpec(name, steps=steps, lr=5e-4, seed=seed, warmup=20, ema_decay=0.99,
-                     settings={"batch": batch, "widths": list(student.config.block_out_channels),
-                               "feature_weight": FEATURE_WEIGHT})
+                     settings=settings)
+    empty = frozen.encode_text([""])
 
     def loss_at(step: int) -> torch.Tensor:
         generator = stage_generator(seed, spec.name, step)
         data = frozen.batch(seed, spec.name, step, batch, generator=generator)
         noisy, t, _ = noisy_input(data, generator, schedule)
+        text = data.text
+        if guidance:  # the same latents with the empty caption after the captioned ones
+            noisy, t = noisy.repeat(2, 1, 1, 1), t.repeat(2)
+            text = torch.cat([text, empty.expand_as(text)])
         with torch.no_grad():
-            target = teacher(noisy, t, encoder_hidden_states=data.text).sample
+            target = teacher(noisy, t, encoder_hidden_states=text).sample
         # Block outputs are level streams: the slim one holds the kept channels of the full.
         wanted = [f.index_select(1, plan.stream[f.shape[1]]) for f in teacher_blocks.take()]
-        output = student(noisy, t, encoder_hidden_states=data.text).sample
+        output = student(noisy, t, encoder_hidden_states=text).sample
         features = [(s - f).pow(2).mean() / f.var().clamp_min(1e-6)
                     for s, f in zip(student_blocks.take(), wanted, strict=True)]
-        return ((output - target).pow(2).mean()
-                + FEATURE_WEIGHT * torch.stack(features).mean())
+        loss = (output - target).pow(2).mean() + FEATURE_WEIGHT * torch.stack(features).mean()
+        if guidance:
+            loss = loss + (guided(output, guidance) - guided(target, guidance)).pow(2).mean()
+        return loss
 
     stage = Stage(spec, work, dict(student.named_parameters()), loss_at, quiet)
     stage.run()
@@ -101,6 +118,13 @@ def distill(teacher: torch.nn.Module, student: torch.nn.Module, plan: ChannelPla
             p.copy_(stage.final_weights()[key])
     student.eval()
     return stage
+
+
+def guided(prediction: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance of a batch whose second half is the first's with the empty
+    caption: empty + guidance * (captioned - empty)."""
+    captioned, empty = prediction.chunk(2)
+    return empty + guidance * (captioned - empty)
 
 
 def step_times(full: torch.nn.Module, slim: torch.nn.Module, latent_side: int, text_dim: int,
@@ -141,7 +165,7 @@ def parameters(module: torch.nn.Module) -> int:
 
 
 def build(models: Path, model: str, tau: float, work: Path, seed: int, steps: int, batch: int,
-          widths: list[int] | None = None, quiet: bool = False
+          widths: list[int] | None = None, guidance: float = 0.0, quiet: bool = False
           ) -> tuple[torch.nn.Module, dict[str, Any], tuple[Any, Any, Any, Any]]:
     """The distilled slim UNet and what was measured of it on the way."""
     base = load_base(models, model)
@@ -152,13 +176,14 @@ def build(models: Path, model: str, tau: float, work: Path, seed: int, steps: in
     slim, plan = slim_unet(full, widths)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)  # pixels per latent
     frozen = Frozen(vae, tokenizer, encoder, side=full.config.sample_size * factor)
-    name = f"slim_tau{tau:g}_" + "-".join(map(str, widths))
-    stage = distill(full, slim, plan, frozen, work, seed, steps, batch, name, quiet)
+    name = f"slim_tau{tau:g}_" + "-".join(map(str, widths)) + (f"_g{guidance:g}" if guidance
+                                                                else "")
+    stage = distill(full, slim, plan, frozen, work, seed, steps, batch, name, guidance, quiet)
     info = {"tau": tau, "block_out_channels": widths, "pca_widths": chosen,
             "base_block_out_channels": list(full.config.block_out_channels),
             "parameters": parameters(slim), "base_parameters": parameters(full),
             "layers": [{"name": p.name, "filters": p.filters, "kept": p.kept} for p in pcas],
-            "distill": {"steps": steps, "batch": batch, "seed": seed,
+            "distill": {"steps": steps, "batch": batch, "seed": seed, "guidance": guidance,
                         "final_loss": stage.losses[-1][1] if stage.losses else None}}
     return slim, info, base
 
@@ -210,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--widths", default="", help="comma-separated level widths instead "
                         "of the PCA's (for comparisons)")
     parser.add_argument("--steps", type=int, default=400, help="distillation steps")
-    parser.add_argument("--batch", type=int, default=32, help="distillation batch")
+    parser.add_argument("--batch", type=int, default=32,
+                        help="distillation batch (scenes; with --guidance each runs twice)")
+    parser.add_argument("--guidance", type=float, default=GUIDANCE,
+                        help="also match the teacher's classifier-free-guided prediction at "
+                        "this scale (the served guidance); 0: noise and features only")
     parser.add_argument("--seed", type=int, default=0, help="seeds batches and noise")
     parser.add_argument("--work", default="build/shapes-slim",
                         help="distillation checkpoints (a rerun resumes)")
@@ -219,11 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.tau <= 1:
         parser.error(f"--tau: {args.tau} is not in (0, 1]")
+    if args.guidance < 0:
+        parser.error(f"--guidance: {args.guidance} is negative")
     torch.set_num_threads(args.threads)
     models = Path(args.models)
     widths = [int(w) for w in args.widths.split(",")] if args.widths else None
     slim, info, base = build(models, args.model, args.tau, Path(args.work), args.seed,
-                             args.steps, args.batch, widths)
+                             args.steps, args.batch, widths, args.guidance)
     full = base[0]
     # one request with CFG (2 rows), and 4 of them batched, as the fleet batches under load
     info["step_time"] = step_times(full, slim, full.config.sample_size,
