@@ -3,7 +3,8 @@
 Each scheduler name (and the model's own) equals diffusers' pipeline with the same scheduler
 class and config (<= 1e-5; the ancestral and SDE ones with the same generators); ``num_images``
 1 and 3 give diffusers' images for a list of generators seeded seed, seed + 1, ...; an unknown
-scheduler and a count outside 1..8 are INVALID_ARGUMENT naming the field, and ListModels lists
+scheduler, a count outside 1..8 and a mask of another size than its image are
+INVALID_ARGUMENT naming the field, and ListModels lists
 the schedulers. Every service is its own process.
 """
 
@@ -73,6 +74,7 @@ def test_num_images_with_an_input_image(fleet: Any, tiny_models: Path,
     ("scheduler", dict(scheduler="euler_karras_turbo")),
     ("num_images", dict(num_images=9)),
     ("num_images", dict(num_images=0)),
+    ("mask", dict(image=sample_image(3), mask=sample_mask(32), model="tiny-sd-inpainting")),
 ])
 def test_bad_choices_name_their_field(fleet: Any, field: str, kwargs: dict[str, Any]) -> None:
     with dfleet.Client(fleet.gateway_address, timeout=60) as client:
@@ -81,6 +83,8 @@ def test_bad_choices_name_their_field(fleet: Any, field: str, kwargs: dict[str, 
         assert failure.value.field == field
         if field == "scheduler":
             assert "dpmpp_2m_karras" in str(failure.value)   # the valid names are listed
+        if field == "mask":
+            assert "mask is 32x32 but the image is 64x64" in str(failure.value)
         client.generate("a cat", seed=1, steps=2)            # the fleet still serves
 
 

@@ -150,6 +150,17 @@ def test_bad_workflow_requests_name_the_field(fleet: Any, case: str) -> None:
     assert caught.value.field == field, str(caught.value)
 
 
+def test_a_mask_of_another_size_than_its_image_names_the_mask_input(fleet: Any) -> None:
+    from tests.diffusers_reference import sample_image, sample_mask
+
+    with dfleet.Client(fleet.gateway_address, timeout=60) as client:
+        with pytest.raises(dfleet.InvalidArgument) as caught:
+            client.generate(workflow="inpaint.tiny-sd-inpainting", inputs={
+                "prompt": "x", "image": sample_image(3), "mask": sample_mask(32)})
+    assert caught.value.field == "inputs.mask", str(caught.value)
+    assert "mask is 32x32 but the image is 64x64" in str(caught.value)
+
+
 def test_unknown_workflows_and_missing_negatives_are_refused(fleet: Any) -> None:
     wf = txt2img("no-negative")
     spec = wf.spec()

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import io
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL.Image
 import torch
 from diffusers.image_processor import VaeImageProcessor
 
+from services.common.errors import InvalidArgument
 from services.common.images import decode
 
-__all__ = ["control_image", "decode", "init_image", "mask_condition", "to_pixel_list",
+if TYPE_CHECKING:
+    from services.gateway.generation import Generation
+
+__all__ = ["attach", "control_image", "decode", "init_image", "mask_condition", "to_pixel_list",
            "to_pixels", "to_png"]
 
 @lru_cache(maxsize=8)
@@ -59,3 +64,24 @@ def to_png(pixels: np.ndarray) -> bytes:
     out = io.BytesIO()
     PIL.Image.fromarray((pixels * 255).round().astype("uint8")).save(out, format="PNG")
     return out.getvalue()
+
+
+def attach(gen: Generation, picture: PIL.Image.Image, mask: PIL.Image.Image | None,
+           mask_field: str, inpaints_on_base: bool) -> None:
+    """Sets ``gen``'s init image, and with a mask its mask condition and masked image: a family
+    that inpaints with its base model (Flux) takes the image always and never the masked one;
+    an inpainting UNet takes the masked image, and the image only to start below strength 1."""
+    init = init_image(picture, gen.width, gen.height, gen.vae_scale_factor)
+    if mask is None:
+        gen.init_image = init
+        return
+    if mask.size != picture.size:
+        raise InvalidArgument(f"mask is {mask.size[0]}x{mask.size[1]} but the image is "
+                              f"{picture.size[0]}x{picture.size[1]}", field=mask_field)
+    condition = mask_condition(mask, gen.width, gen.height, gen.vae_scale_factor)
+    gen.mask = condition
+    if inpaints_on_base:
+        gen.init_image = init
+        return
+    gen.masked_image = init * (condition < 0.5)
+    gen.init_image = init if gen.strength < 1.0 else None

@@ -15,25 +15,12 @@ from services.common.errors import InvalidArgument
 from services.common.families import Family
 from services.common.model_store import ModelStore
 from services.gateway import images, tiers
+from services.gateway import validation_rules as rules
 from services.gateway.attachments import AttachmentKinds
 from services.gateway.generation import Generation
 from services.gateway.settings import GatewaySettings
-from services.gateway.validation_rules import in_range
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-MAX_IMAGES = 8
-
-
-def _size(value: int, default: int, name: str, limits: GatewaySettings, factor: int,
-          family: str) -> int:
-    size = value or default
-    if size % factor or size < factor:
-        raise InvalidArgument(f"{size} is not a positive multiple of {factor} ({family} "
-                              "models)", field=name)
-    if size > limits.max_side:
-        raise InvalidArgument(f"{size} is over the limit of {limits.max_side}", field=name)
-    return size
-
 
 def _check_inpainting(model: str, kind: str, family: Family, masked: bool) -> None:
     """An inpainting model needs a mask; a base model takes one when its family inpaints
@@ -75,35 +62,23 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore, limits: Gatewa
         if image is None:
             raise InvalidArgument("a mask needs an image to edit", field="mask")
         mask = images.decode(req.mask.data, "mask", limits.max_image_bytes)
-        if mask.size != image.size:
-            raise InvalidArgument(f"mask is {mask.size[0]}x{mask.size[1]} but the image is "
-                                  f"{image.size[0]}x{image.size[1]}", field="mask")
     _check_inpainting(model, entry.kind, family, mask is not None)
     if req.negative_prompt and not family.classifier_free_guidance:
         raise InvalidArgument(f"{family.name} models run without classifier-free guidance "
                               "(their guidance is distilled); leave it empty",
                               field="negative_prompt")
-    default_w = (image.size[0] // vsf * vsf) if image is not None else entry.default_size
-    default_h = (image.size[1] // vsf * vsf) if image is not None else entry.default_size
     factor = family.size_factor(vsf)
-    default_w, default_h = default_w // factor * factor, default_h // factor * factor
-    width = _size(req.width, default_w, "width", limits, factor, family.name)
-    height = _size(req.height, default_h, "height", limits, factor, family.name)
-    steps = req.num_inference_steps or limits.default_steps
-    if steps > limits.max_steps:
-        raise InvalidArgument(f"{steps} is over the limit of {limits.max_steps}",
-                              field="num_inference_steps")
-    guidance = (req.guidance_scale if req.has_guidance_scale
-                else family.default_guidance or limits.default_guidance)
-    in_range(guidance, 0.0, limits.max_guidance, "guidance_scale")
+    default_w, default_h = rules.default_sides(entry.default_size, image, vsf, factor)
+    width = rules.side(req.width, default_w, "width", limits, factor, family.name)
+    height = rules.side(req.height, default_h, "height", limits, factor, family.name)
+    steps = rules.steps(req.num_inference_steps, limits, "num_inference_steps")
+    guidance = rules.guidance(req.guidance_scale if req.has_guidance_scale else None, family,
+                              limits, "guidance_scale")
     if req.strength and image is None:
         raise InvalidArgument("strength needs an image", field="strength")
-    strength = req.strength or (family.default_inpaint_strength if mask is not None
-                                else family.default_strength)
-    in_range(strength, 1e-6, 1.0, "strength")
-    num_images = req.num_images if req.HasField("num_images") else 1
-    if not 1 <= num_images <= MAX_IMAGES:
-        raise InvalidArgument(f"{num_images} is outside 1..{MAX_IMAGES}", field="num_images")
+    strength = rules.strength(req.strength, family, mask is not None, "strength")
+    num_images = rules.image_count(req.num_images if req.HasField("num_images") else 1,
+                                   "num_images")
     gen = Generation(
         request_id=request_id, model=model, prompt=req.prompt,
         negative_prompt=req.negative_prompt, width=width, height=height, steps=steps,
@@ -116,17 +91,7 @@ def validate(req: gateway_pb2.GenerateRequest, store: ModelStore, limits: Gatewa
         scheduler=family.check_scheduler(req.scheduler), num_images=num_images,
         return_pixels=req.return_pixels)
     if image is not None:
-        init = images.init_image(image, width, height, vsf)
-        if mask is not None:
-            condition = images.mask_condition(mask, width, height, vsf)
-            gen.mask = condition
-            if family.inpaints_on_base:  # the image always, the masked image never
-                gen.init_image = init
-            else:
-                gen.masked_image = init * (condition < 0.5)
-                gen.init_image = init if strength < 1.0 else None
-        else:
-            gen.init_image = init
+        images.attach(gen, image, mask, "mask", family.inpaints_on_base)
     gen.attachments = attachments.validate(req, gen, store, limits)
     tiers.apply(req.quality, gen, store)
     return gen

@@ -10,17 +10,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import PIL.Image
-
 from diffusion.v1 import gateway_pb2
 from services.common.errors import FleetError, InvalidArgument
 from services.common.families import PromptInput
 from services.common.model_store import ModelStore
 from services.gateway import images
+from services.gateway import validation_rules as rules
 from services.gateway.attachments import AttachmentKinds
 from services.gateway.generation import Generation
 from services.gateway.settings import GatewaySettings
-from services.gateway.validation_rules import in_range
 from services.gateway.workflows import catalog
 from services.gateway.workflows.plan import Plan, PreparedImage
 from services.gateway.workflows.registry import Registered
@@ -30,7 +28,6 @@ from services.gateway.workflows.spec import Const, FromInput, FromNode, Node, Op
 PLAIN_FIELDS = ("model", "prompt", "negative_prompt", "width", "height", "num_inference_steps",
                 "has_guidance_scale", "seed", "controlnets", "loras", "image", "mask", "strength",
                 "template_id", "scheduler", "num_images", "ip_adapters")
-MAX_IMAGES = 8
 
 
 @dataclass(frozen=True)
@@ -162,17 +159,6 @@ def _latent_node(workflow: Workflow, denoise: Node) -> Node:
     return workflow.node(latent.node)
 
 
-def _size(value: int, default: int, field: str, limits: GatewaySettings, factor: int,
-          family: str) -> int:
-    size = value or default
-    if size % factor or size < factor:
-        raise InvalidArgument(f"{size} is not a positive multiple of {factor} ({family} models)",
-                              field=field)
-    if size > limits.max_side:
-        raise InvalidArgument(f"{size} is over the limit of {limits.max_side}", field=field)
-    return size
-
-
 def _generation(values: Values, denoise: Node, store: ModelStore, limits: GatewaySettings,
                 request_id: str, req: gateway_pb2.GenerateRequest) -> Generation:
     model = denoise.model
@@ -181,33 +167,25 @@ def _generation(values: Values, denoise: Node, store: ModelStore, limits: Gatewa
     factor = family.size_factor(vsf)
     latent = _latent_node(values.workflow, denoise)
     picture = mask = None
-    default_w = default_h = entry.default_size
     if latent.operator == Operator.VAE_ENCODE:
         picture = values.get(latent, "image").value[1]  # type: ignore[union-attr]
-        default_w, default_h = picture.size[0] // vsf * vsf, picture.size[1] // vsf * vsf
         if latent.mode == "inpaint":
             mask = values.get(latent, "mask")
-    width = _size(values.get(latent, "width").value, default_w // factor * factor,  # type: ignore[union-attr]
-                  values.where(latent, "width"), limits, factor, family.name)
-    height = _size(values.get(latent, "height").value, default_h // factor * factor,  # type: ignore[union-attr]
-                   values.where(latent, "height"), limits, factor, family.name)
+    default_w, default_h = rules.default_sides(entry.default_size, picture, vsf, factor)
+    width = rules.side(values.get(latent, "width").value, default_w,  # type: ignore[union-attr]
+                       values.where(latent, "width"), limits, factor, family.name)
+    height = rules.side(values.get(latent, "height").value, default_h,  # type: ignore[union-attr]
+                        values.where(latent, "height"), limits, factor, family.name)
     steps, at = values.number(denoise, "steps")
-    steps = steps or limits.default_steps
-    if not 1 <= steps <= limits.max_steps:
-        raise InvalidArgument(f"{steps} is outside 1..{limits.max_steps}", field=at)
+    steps = rules.steps(steps, limits, at)
     guidance, at = values.number(denoise, "guidance_scale")
-    guidance = ((family.default_guidance or limits.default_guidance) if guidance is None
-                else float(guidance))
-    in_range(guidance, 0.0, limits.max_guidance, at)
+    guidance = rules.guidance(guidance, family, limits, at)
     strength, at = values.number(denoise, "strength")
     if strength and picture is None:
         raise InvalidArgument("strength needs a latent from an image (vae_encode)", field=at)
-    strength = float(strength or (family.default_inpaint_strength if mask is not None
-                                  else family.default_strength))
-    in_range(strength, 1e-6, 1.0, at)
+    strength = rules.strength(strength, family, mask is not None, at)
     num_images, at = values.number(denoise, "num_images")
-    if not 1 <= num_images <= MAX_IMAGES:
-        raise InvalidArgument(f"{num_images} is outside 1..{MAX_IMAGES}", field=at)
+    num_images = rules.image_count(num_images, at)
     seed, at = values.number(denoise, "seed")
     if not 0 <= seed < 2 ** 64:
         raise InvalidArgument(f"{seed} is not a seed (0 .. 2^64-1)", field=at)
@@ -219,28 +197,9 @@ def _generation(values: Values, denoise: Node, store: ModelStore, limits: Gatewa
         scheduler=family.check_scheduler(scheduler, at),
         num_images=num_images, return_pixels=req.return_pixels, priority=req.priority)
     if picture is not None:
-        _prepare_images(gen, picture, mask, family.inpaints_on_base)
+        images.attach(gen, picture, mask.value[1] if mask is not None else None,
+                      mask.field if mask is not None else "", family.inpaints_on_base)
     return gen
-
-
-def _prepare_images(gen: Generation, picture: PIL.Image.Image, mask: Bound | None,
-                    on_base: bool) -> None:
-    vsf = gen.vae_scale_factor
-    init = images.init_image(picture, gen.width, gen.height, vsf)
-    if mask is None:
-        gen.init_image = init
-        return
-    image = mask.value[1]
-    if image.size != picture.size:
-        raise InvalidArgument(f"mask is {image.size[0]}x{image.size[1]} but the image is "
-                              f"{picture.size[0]}x{picture.size[1]}", field=mask.field)
-    condition = images.mask_condition(image, gen.width, gen.height, vsf)
-    gen.mask = condition
-    if on_base:   # inpainting with the base model (Flux): the image always, never the masked one
-        gen.init_image = init
-        return
-    gen.masked_image = init * (condition < 0.5)
-    gen.init_image = init if gen.strength < 1.0 else None
 
 
 def _skipped(workflow: Workflow, denoise: Node, gen: Generation, values: Values) -> frozenset[str]:
