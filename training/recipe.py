@@ -29,7 +29,7 @@ class Recipe:
 
 SHIPPED = Recipe(
     name="shipped", sizes=architecture.SHIPPED,
-    steps={"text_encoder": 250, "vae": 3000, "unet": 8000, "inpainting": 1000, "controlnet": 1000,
+    steps={"text_encoder": 250, "vae": 3000, "unet": 3000, "inpainting": 600, "controlnet": 800,
            "lora_outlined": 400, "lora_striped": 400},
     batch={"text_encoder": 64, "vae": 8, "unet": 32, "inpainting": 32, "controlnet": 32,
            "lora_outlined": 16, "lora_striped": 16},
