@@ -151,6 +151,14 @@ def test_exported_tree_is_what_the_fleet_and_diffusers_read(quick_tree):
                  output_type="np", generator=torch.Generator().manual_seed(0)).images[0]
     assert image.shape == (SIDE, SIDE, 3)
     assert (quick_tree / "recipe.json").exists()
+    # the tokenizer pads and truncates only when asked, read by transformers or by the
+    # tokenizers library from its tokenizer.json
+    from tokenizers import Tokenizer
+
+    ids = pipe.tokenizer("a red circle").input_ids
+    assert ids == architecture.tokenizer()("a red circle").input_ids and len(ids) < 77, ids
+    raw = Tokenizer.from_file(str(quick_tree / "shapes-sd" / "tokenizer" / "tokenizer.json"))
+    assert raw.encode("a red circle").ids == ids
 
 
 def test_slim_unet_keeps_the_full_one_at_full_width_and_narrows_consistently():

@@ -80,7 +80,9 @@ def train_text_encoder(work: Path, sizes: architecture.ModelSizes, seed: int, st
     encoder.eval()
     (stage.dir / "accuracy.json").write_text(json.dumps(attribute_accuracy(encoder, heads, seed)))
     encoder.save_pretrained(stage.dir / "model", safe_serialization=True)
-    tok.save_pretrained(stage.dir / "tokenizer")
+    # a fresh one: the one used above keeps its padding and truncation, and would save them
+    # as every user's default
+    architecture.tokenizer().save_pretrained(stage.dir / "tokenizer")
     return stage
 
 
