@@ -7,7 +7,7 @@ rerun resumes), then in this process the full and slim UNet calls interleaved
 evaluator's text-to-image accuracy on held-out captions with the SSIM of the
 slim images to the full model's. Prints a table, writes JSON.
 
-    python bench/slim_tiers.py --models assets/shapes-models [--taus 0.7,0.8,0.9,0.95]
+    python bench/slim_tiers.py --models assets/shapes-models [--taus 0.6,0.7,0.8,0.9]
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="assets/shapes-models", help="models folder")
     parser.add_argument("--model", default="shapes-sd", help="pipeline folder to slim")
-    parser.add_argument("--taus", default="0.7,0.8,0.9,0.95", help="comma-separated")
-    parser.add_argument("--steps", type=int, default=400, help="distillation steps per tau")
-    parser.add_argument("--batch", type=int, default=32, help="distillation batch")
+    parser.add_argument("--taus", default="0.6,0.7,0.8,0.9", help="comma-separated")
+    parser.add_argument("--steps", type=int, default=600, help="distillation steps per tau")
+    parser.add_argument("--batch", type=int, default=8,
+                        help="distillation batch (scenes; with --guidance each runs twice)")
     parser.add_argument("--guidance", type=float, default=GUIDANCE,
                         help="distil the guided prediction at this scale too (0: noise and "
                         "features only); as `python -m training slim --guidance`")

@@ -2,7 +2,7 @@
 
     python -m training train --seed 0 --out assets/shapes-models    every stage, then export
     python -m training evaluate --models assets/shapes-models       accuracy per workflow
-    python -m training slim --models assets/shapes-models --tau 0.9 the slimmed tier
+    python -m training slim --models assets/shapes-models --tau 0.75 the slimmed tier
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The slimmed tier of a model: PCA-chosen widths, distilled from the full UNet.
 
-    python -m training slim --models assets/shapes-models --tau 0.9
+    python -m training slim --models assets/shapes-models --tau 0.75
 
 1. Per-layer PCA of the full UNet's filters gives each level a width that keeps
    a variance fraction ``tau`` (:mod:`training.filter_pca`).
@@ -226,16 +226,17 @@ def quality(full_images: list[Any], slim_images: list[Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.slim",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training slim",
+                                     description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--models", default="assets/shapes-models", help="models folder")
     parser.add_argument("--model", default=BASE, help="pipeline folder to slim")
-    parser.add_argument("--tau", type=float, default=0.9,
+    parser.add_argument("--tau", type=float, default=0.75,
                         help="variance fraction of each layer's filters to keep (0-1]")
     parser.add_argument("--widths", default="", help="comma-separated level widths instead "
                         "of the PCA's (for comparisons)")
-    parser.add_argument("--steps", type=int, default=400, help="distillation steps")
-    parser.add_argument("--batch", type=int, default=32,
+    parser.add_argument("--steps", type=int, default=4000, help="distillation steps")
+    parser.add_argument("--batch", type=int, default=8,
                         help="distillation batch (scenes; with --guidance each runs twice)")
     parser.add_argument("--guidance", type=float, default=GUIDANCE,
                         help="also match the teacher's classifier-free-guided prediction at "
