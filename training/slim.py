@@ -8,7 +8,9 @@
    (:mod:`training.slim_unet`).
 3. Distillation: on the training distribution (seeded scenes, the model's own
    VAE and text encoder), the slim UNet learns the full one's noise prediction
-   (output loss) and its block outputs on the kept channels (feature loss).
+   (output loss) and its block outputs on the kept channels (feature loss),
+   and with ``--guidance`` its classifier-free-guided prediction at the served
+   scale (guided loss).
 4. It is written as its own pipeline folder, ``<model>-slim``, sharing the
    full model's VAE, text encoder, tokenizer and scheduler, with ``tier.json``
    inside: tau, widths, parameters, the step time against the full UNet
