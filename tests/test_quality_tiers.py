@@ -167,3 +167,49 @@ def test_a_live_fleet_serves_the_slim_tier_and_says_which_ran(tier_models: Path,
                             loras=[dfleet.Lora("tiny-lora-r4")])
         assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.field == "quality"
+
+
+def test_a_request_auto_moves_to_the_slim_tier_counts_on_the_slim_node(
+        tier_models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller scales each tier on its own queue depth: a request that placement moves
+    to the slimmed tier is counted on ``denoiser:<slim>`` while it denoises, not on the full
+    model's node, and on none once it ends."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from services.gateway.depth import DepthTracker
+
+    class Depths:
+        def __init__(self) -> None:
+            self.depth: Counter[str] = Counter()
+
+        def add_depth(self, role: str, model: str, delta: int) -> int:
+            self.depth[f"{role}:{model}"] += delta
+            return self.depth[f"{role}:{model}"]
+
+    class Denoised(Exception):
+        pass
+
+    depths = Depths()
+    seen: dict[str, int] = {}
+    flow = RequestFlow(Fleet(), None, None, None, 0, replica_wait_s=0)  # type: ignore[arg-type]
+    gen = _gen()
+    tiers.apply("auto", gen, ModelStore(tier_models))
+
+    def place(gen: Generation, deadline: float | None) -> object:
+        tiers.use_slim(gen, gen.slim_model)   # as placement does when the full would miss
+        return SimpleNamespace(place=None)
+
+    def denoise(*_: object) -> None:
+        seen.update(depths.depth)
+        raise Denoised
+
+    monkeypatch.setattr(request_flow, "early_depth", lambda gen: [])
+    monkeypatch.setattr(flow, "_place", place)
+    monkeypatch.setattr(flow.executor, "before_denoise", lambda *_: None)
+    monkeypatch.setattr(flow, "_denoise", denoise)
+    with pytest.raises(Denoised):
+        flow._attempt(gen, [], None, None, lambda *_: None, lambda: False,  # type: ignore[arg-type]
+                      DepthTracker(depths), 0.0)  # type: ignore[arg-type]
+    assert seen == {f"denoiser:{FULL}": 0, f"denoiser:{SLIM}": 1}
+    assert set(depths.depth.values()) == {0}

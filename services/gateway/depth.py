@@ -35,17 +35,27 @@ class DepthTracker:
         self.fleet.add_depth(role, model, -1)
 
     @contextmanager
-    def holding(self, nodes: list[tuple[str, str]]) -> Iterator[None]:
-        """Counts the request on each (role, model) node for the time of the block."""
+    def holding(self, nodes: list[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+        """Counts the request on each (role, model) node for the time of the block; yields
+        the nodes held, for :meth:`move`."""
         entered: list[tuple[str, str]] = []
         try:
             for role, model in nodes:
                 self.enter(role, model)
                 entered.append((role, model))
-            yield
+            yield entered
         finally:
             for role, model in entered:
                 self.leave(role, model)
+
+    def move(self, held: list[tuple[str, str]], old: tuple[str, str],
+             new: tuple[str, str]) -> None:
+        """Counts the request on ``new`` instead of ``old`` for the rest of the holding block
+        whose nodes are ``held`` (placement moved it: ``auto`` chose the slimmed tier)."""
+        self.enter(*new)
+        held.append(new)
+        held.remove(old)
+        self.leave(*old)
 
     def close(self) -> None:
         """Gives back every count still held, whatever ended the request."""

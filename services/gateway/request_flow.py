@@ -118,11 +118,13 @@ class RequestFlow:
                  depth: DepthTracker, started: float) -> Outcome:
         """One run through the fleet; its placement is appended to ``placed`` (the caller
         releases it). Depth is held while placing: a node at zero replicas scales up."""
-        denoise_nodes = [("denoiser", gen.model), *(n for a in gen.attachments for n in a.nodes())]
-        with depth.holding(denoise_nodes):
+        denoiser = ("denoiser", gen.model)
+        with depth.holding([denoiser, *(n for a in gen.attachments for n in a.nodes())]) as held:
             with depth.holding(early_depth(gen)):
                 replicas = self._place(gen, deadline)
                 placed.append(replicas)
+                if gen.model != denoiser[1]:  # auto placed it on the slimmed tier: count it there
+                    depth.move(held, denoiser, ("denoiser", gen.model))
                 for attachment in gen.attachments:
                     attachment.start(calls)
                 inputs = self.executor.before_denoise(gen, replicas, calls, depth)
