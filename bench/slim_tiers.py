@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from training.evaluate import GUIDANCE  # noqa: E402
-from training.slim import build, quality, render, step_times, write_tier  # noqa: E402
+from training.slim import add_distill_arguments, build, quality, render, step_times, write_tier  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,12 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="assets/shapes-models", help="models folder")
     parser.add_argument("--model", default="shapes-sd", help="pipeline folder to slim")
     parser.add_argument("--taus", default="0.6,0.7,0.8,0.9", help="comma-separated")
-    parser.add_argument("--steps", type=int, default=600, help="distillation steps per tau")
-    parser.add_argument("--batch", type=int, default=8,
-                        help="distillation batch (scenes; with --guidance each runs twice)")
-    parser.add_argument("--guidance", type=float, default=GUIDANCE,
-                        help="distil the guided prediction at this scale too (0: noise and "
-                        "features only); as `python -m training slim --guidance`")
+    add_distill_arguments(parser, steps=600)
     parser.add_argument("--count", type=int, default=50, help="held-out captions to evaluate")
     parser.add_argument("--runs", type=int, default=30, help="timed UNet calls per model")
     parser.add_argument("--threads", type=int, default=1,

@@ -227,6 +227,17 @@ def quality(full_images: list[Any], slim_images: list[Any]) -> dict[str, Any]:
     return result
 
 
+def add_distill_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
+    """--steps, --batch and --guidance of a distillation (this command's and the bench's)."""
+    parser.add_argument("--steps", type=int, default=steps,
+                        help="distillation steps of each slim UNet")
+    parser.add_argument("--batch", type=int, default=8,
+                        help="distillation batch (scenes; with --guidance each runs twice)")
+    parser.add_argument("--guidance", type=float, default=GUIDANCE,
+                        help="also match the teacher's classifier-free-guided prediction at "
+                        "this scale (the served guidance); 0: noise and features only")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training slim",
                                      description=__doc__.splitlines()[0],
@@ -237,12 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="variance fraction of each layer's filters to keep (0-1]")
     parser.add_argument("--widths", default="", help="comma-separated level widths instead "
                         "of the PCA's (for comparisons)")
-    parser.add_argument("--steps", type=int, default=4000, help="distillation steps")
-    parser.add_argument("--batch", type=int, default=8,
-                        help="distillation batch (scenes; with --guidance each runs twice)")
-    parser.add_argument("--guidance", type=float, default=GUIDANCE,
-                        help="also match the teacher's classifier-free-guided prediction at "
-                        "this scale (the served guidance); 0: noise and features only")
+    add_distill_arguments(parser, steps=4000)
     parser.add_argument("--seed", type=int, default=0, help="seeds batches and noise")
     parser.add_argument("--work", default="build/shapes-slim",
                         help="distillation checkpoints (a rerun resumes)")
