@@ -118,6 +118,8 @@ def tls_of(env: dict[str, str]) -> TlsFiles | None:
 
 
 def wait_healthy(address: str, timeout_s: float, tls: TlsFiles | None = None) -> None:
+    if not address:
+        raise ValueError("no address to check (the service has not bound its port yet)")
     deadline = time.monotonic() + timeout_s
     with open_channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)

@@ -114,6 +114,8 @@ def test_killed_denoiser_leaves_placement_and_comes_back(two_denoisers: LocalFle
         # The launcher restarts it on the same address and unlinks the dead one's segments.
         _wait(lambda: _service(fleet, "denoiser", victim.index).restarts == 1,
               "the denoiser to be restarted")
+        _wait(lambda: _service(fleet, "denoiser", victim.index).address == victim_address,
+              "the launcher to note the restarted denoiser's address")
         wait_healthy(victim_address, WAIT_S)
         assert not _segments_of(victim.process.pid), segments
         assert client.generate("restarted", steps=2).png.startswith(b"\x89PNG")
@@ -121,6 +123,7 @@ def test_killed_denoiser_leaves_placement_and_comes_back(two_denoisers: LocalFle
 
 def test_status_tells_dead_from_live(two_denoisers: LocalFleet, tmp_path: Path) -> None:
     fleet = two_denoisers
+    _wait(lambda: all(s.address for s in fleet.services), "every service's address")
     for service in fleet.services:
         wait_healthy(service.address, WAIT_S)
     state = {**fleet.describe(), "supervisor_pid": os.getpid()}
